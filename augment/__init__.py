@@ -1,0 +1,1 @@
+"""Augmentation ops and presets, mixup/cutmix, test-time crop sets."""

@@ -1,0 +1,1 @@
+"""finetune: transfer learning from ImageNet backbones on a folder of your own images."""
