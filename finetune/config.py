@@ -32,7 +32,7 @@ class DataConfig:
 @dataclasses.dataclass
 class ModelConfig:
     # A name from `finetune zoo`.
-    backbone: str = "mobilenet_v2"
+    backbone: str = "mobilenet_v2_torchvision"
     # "imagenet", "none" (from scratch) or a path to a weights file.
     weights: str = "imagenet"
     # Width multiplier for the MobileNets (tests use 0.35); None: the backbone's default.

@@ -1,0 +1,76 @@
+"""The command line end to end on a tiny generated folder: train, evaluate, predict, errors."""
+
+import json
+
+import pytest
+
+from finetune.cli import main
+from tests.conftest import write_image_folder
+
+TINY = ["--backbone", "mobilenet_v2", "--weights", "none", "--alpha", "0.35", "--image-size", "48", "--batch-size", "8", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    data = write_image_folder(root / "data" / "train", classes=("cat", "dog"), per_class=8)
+    write_image_folder(root / "data" / "test", classes=("cat", "dog"), per_class=3, seed=5)
+    run_dir = root / "run"
+    assert main(["train", str(root / "data"), "--out", str(run_dir), "--epochs", "1", *TINY]) == 0
+    return root, run_dir
+
+
+def test_train_prints_where_the_run_went(trained, capsys):
+    root, run_dir = trained
+    assert (run_dir / "model.keras").is_file()
+    assert json.loads((run_dir / "labels.json").read_text()) == ["cat", "dog"]
+
+
+def test_evaluate_json_uses_the_test_split(trained, capsys):
+    root, run_dir = trained
+    assert main(["evaluate", str(run_dir), str(root / "data"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"accuracy", "num_images", "per_class", "confusion_matrix"} <= set(result)
+    assert result["num_images"] == 6 and result["split"] == "test"
+    assert sum(map(sum, result["confusion_matrix"])) == 6
+
+
+def test_evaluate_text_report(trained, capsys):
+    root, run_dir = trained
+    assert main(["evaluate", str(run_dir), str(root / "data")]) == 0
+    out = capsys.readouterr().out
+    assert "Accuracy:" in out and "Confusion matrix" in out and "cat" in out
+
+
+def test_predict_json_on_files_and_folders(trained, capsys):
+    root, run_dir = trained
+    bad = root / "bad.png"
+    bad.write_bytes(b"")
+    assert main(["predict", str(run_dir), str(root / "data" / "test" / "cat"), str(bad), "--top-k", "2", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert len(results) == 4
+    good = [item for item in results if "predictions" in item]
+    assert len(good) == 3
+    for item in good:
+        assert [p["label"] for p in item["predictions"]] in (["cat", "dog"], ["dog", "cat"])
+        assert sum(p["probability"] for p in item["predictions"]) == pytest.approx(1.0, abs=1e-5)
+    assert [item["path"] for item in results if "error" in item] == [str(bad)]
+
+
+def test_evaluate_with_foreign_classes_is_a_clear_error(trained, tmp_path, capsys):
+    root, run_dir = trained
+    other = write_image_folder(tmp_path / "other", classes=("cat", "horse"), per_class=2)
+    assert main(["evaluate", str(run_dir), str(other)]) == 2
+    error = capsys.readouterr().err
+    assert "horse" in error and "labels.json" in error
+
+
+def test_missing_data_folder_is_a_clear_error(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "missing"), "--out", str(tmp_path / "run"), *TINY]) == 2
+    error = capsys.readouterr().err
+    assert "missing" in error and "Traceback" not in error
+
+
+def test_missing_run_is_a_clear_error(tmp_path, capsys):
+    assert main(["predict", str(tmp_path / "norun"), str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err

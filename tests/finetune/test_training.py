@@ -1,0 +1,92 @@
+"""Training on tiny generated folders with tiny backbones (weights=None, alpha=0.35, 48 px)."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import finetune
+from finetune.errors import FinetuneError
+from finetune.training import build_classifier, unfreeze_top_groups
+from finetune.zoo import build_backbone, get_spec, layers_of_group
+from tests.conftest import write_image_folder
+
+TINY = dict(backbone="mobilenet_v2", weights="none", alpha=0.35, image_size=48, batch_size=8, verbose=0)
+
+
+def _batch_norm_statistics(model):
+    return {
+        weight.path: np.array(weight)
+        for layer in model._flatten_layers()
+        if isinstance(layer, keras.layers.BatchNormalization)
+        for weight in (layer.moving_mean, layer.moving_variance)
+    }
+
+
+def test_finetuning_keeps_batch_norm_statistics_and_trains_only_the_top_groups():
+    spec = get_spec("mobilenet_v2")
+    backbone = build_backbone(spec, image_size=48, weights="none", alpha=0.35)
+    model = build_classifier(backbone, spec.preprocessing, 3, 48)
+    unfrozen = unfreeze_top_groups(backbone, spec, 1)
+    assert unfrozen and all(not layer.trainable for layer in layers_of_group(backbone, spec, 1))
+    statistics_before = _batch_norm_statistics(model)
+    weights_before = {weight.path: np.array(weight) for weight in model.weights}
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    model.fit(rng.uniform(0, 255, (16, 48, 48, 3)), rng.integers(0, 3, 16), epochs=2, batch_size=8, verbose=0)
+    statistics_after = _batch_norm_statistics(model)
+    for path, value in statistics_before.items():
+        np.testing.assert_array_equal(value, statistics_after[path], err_msg=path)
+    top_layers = {layer.name for layer in layers_of_group(backbone, spec, 0)}
+    changed = {path for path, value in weights_before.items()
+               if not np.array_equal(value, np.array(next(w for w in model.weights if w.path == path)))}
+    changed_backbone_layers = {path.split("/")[-2] for path in changed if "classifier/" not in path}
+    assert changed_backbone_layers and changed_backbone_layers <= top_layers
+    assert any(path.startswith("classifier/") for path in changed)
+
+
+def test_train_writes_a_complete_run_directory(tmp_path):
+    data = write_image_folder(tmp_path / "data", classes=("a", "b", "c"), per_class=8)
+    (data / "a" / "broken.jpg").write_bytes(b"not an image")
+    run = finetune.train(data, out=str(tmp_path / "run"), epochs=1, **TINY)
+    names = {path.name for path in run.directory.iterdir()}
+    assert {"model.keras", "labels.json", "config.json", "metrics.json", "skipped.json", "history.csv"} <= names
+    assert run.labels == ["a", "b", "c"]
+    config = json.loads((run.directory / "config.json").read_text())
+    assert config["seed"] == 0 and config["versions"]["keras"] == keras.__version__
+    assert config["model"]["backbone"] == "mobilenet_v2" and config["image_size"] == 48
+    skipped = json.loads((run.directory / "skipped.json").read_text())
+    assert [item["path"].endswith("broken.jpg") for item in skipped] == [True]
+    metrics = run.metrics
+    assert 0.0 <= metrics["val_accuracy"] <= 1.0
+    assert np.array(metrics["val"]["confusion_matrix"]).shape == (3, 3)
+    assert set(metrics["val"]["per_class"]) == {"a", "b", "c"}
+    assert metrics["stages"]["finetune"]["epochs_run"] == 1
+    reloaded = keras.saving.load_model(run.directory / "model.keras", safe_mode=True)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 48, 48, 3)).astype("float32")
+    np.testing.assert_allclose(reloaded.predict(images, verbose=0), run.model.predict(images, verbose=0), atol=1e-6)
+
+
+def test_training_is_deterministic_for_a_seed(tmp_path):
+    data = write_image_folder(tmp_path / "data", per_class=6)
+    first = finetune.train(data, out=str(tmp_path / "one"), epochs=0, **TINY)
+    second = finetune.train(data, out=str(tmp_path / "two"), epochs=0, **TINY)
+    assert first.metrics["val"] == second.metrics["val"]
+    assert first.metrics["stages"]["head"]["search"] == second.metrics["stages"]["head"]["search"]
+
+
+def test_imbalanced_classes_get_recorded_class_weights(tmp_path):
+    data = write_image_folder(tmp_path / "data", classes=("many",), per_class=12)
+    write_image_folder(data, classes=("few",), per_class=4, seed=1)
+    run = finetune.train(data, out=str(tmp_path / "run"), epochs=0, **TINY)
+    weights = run.config["class_weights"]
+    assert weights["few"] > weights["many"]
+    assert run.metrics["class_weights"] == weights
+
+
+def test_unknown_option_and_bad_values_are_clear_errors(tmp_path, image_folder):
+    with pytest.raises(FinetuneError, match="Unknown training option `epoch`"):
+        finetune.train(image_folder, epoch=3)
+    with pytest.raises(FinetuneError, match="epochs=-1"):
+        finetune.train(image_folder, epochs=-1, out=str(tmp_path / "run"))
