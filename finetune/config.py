@@ -42,19 +42,39 @@ class ModelConfig:
 
 
 @dataclasses.dataclass
+class PolicyConfig:
+    # "Quite a lot" of data: at least this many training images in the smallest class. Below it,
+    # finetuning millions of weights overfits and a linear classifier on frozen features wins.
+    lots_per_class: int = 100
+    # "Similar to ImageNet": the top stage's cross-validated linear accuracy is within this
+    # margin of the best lower stage's.
+    similarity_margin: float = 0.02
+    # Share of the backbone's freeze groups that finetune_top and finetune_most unfreeze.
+    top_fraction: float = 0.15
+    most_fraction: float = 0.75
+
+
+@dataclasses.dataclass
 class TrainConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    policy: PolicyConfig = dataclasses.field(default_factory=PolicyConfig)
+    # auto (measure size and similarity, then pick), linear, finetune_top, finetune_most,
+    # multistage_linear or full; see finetune.policy.
+    strategy: str = "auto"
     # Every random choice (split, shuffling, initialisation) derives from this.
     seed: int = 0
     batch_size: int = 32
-    # Epochs of finetuning the top of the backbone after the head is fit on cached features
-    # (0: keep the backbone frozen; the head alone is then the model).
+    # Epochs of finetuning after the head is fit on cached features (finetuning strategies only).
     epochs: int = 10
-    # How many freeze groups (top to bottom, from the zoo spec) to unfreeze when finetuning.
-    unfreeze_groups: int = 2
-    # Learning rate of the finetuning stage (Adam); the course: 10x lower than training from scratch.
-    learning_rate: float = 1e-4
+    # Freeze groups (top to bottom, from the zoo spec) to unfreeze when finetuning; None: the
+    # strategy's share of the backbone's groups.
+    unfreeze_groups: int | None = None
+    # Learning rate of the head while finetuning (Adam).
+    learning_rate: float = 1e-3
+    # The backbone learns this much slower than the head: its features are already good, and
+    # large updates would destroy them before the head adapts (the course: 1/10 of the rate).
+    backbone_learning_rate_multiplier: float = 0.1
     # Early stopping: epochs without improvement of validation loss before stopping.
     patience: int = 3
     # Inverse regularisation strengths tried for the head on cached features; the best on
@@ -73,8 +93,9 @@ class TrainConfig:
         values = dict(values)
         data = DataConfig(**values.pop("data", {}))
         model = ModelConfig(**values.pop("model", {}))
+        policy = PolicyConfig(**values.pop("policy", {}))
         known = {field.name for field in dataclasses.fields(cls)}
         values = {key: value for key, value in values.items() if key in known}
         if "head_c_grid" in values:
             values["head_c_grid"] = tuple(values["head_c_grid"])
-        return cls(data=data, model=model, **values)
+        return cls(data=data, model=model, policy=policy, **values)

@@ -1,11 +1,15 @@
-"""Training a classifier on a folder of images: head on cached features first, then the top blocks.
+"""Training a classifier on a folder of images, with the strategy the transfer policy picks.
 
-The recipe, fastai's `fine_tune` in Keras terms:
-    1. build backbone (frozen) + global pooling + dropout + dense head;
-    2. fit the head to convergence on features computed once (see `finetune.head`);
-    3. unfreeze the top freeze groups of the backbone and finetune them at a low learning rate,
-       with early stopping that restores the best weights; keep the result only if it beats (2)
-       on validation data.
+Every strategy starts the same way, fastai's `fine_tune` in Keras terms: the backbone is frozen
+and a head is fit to convergence on features computed once (`finetune.features`,
+`finetune.head`). Then, by strategy (`finetune.policy`):
+    linear             that head is the model;
+    multistage_linear  heads on the features of several stages (and their concatenation), the
+                       best on validation data wins, and the backbone is cut after its stage;
+    finetune_top/most  the top freeze groups are unfrozen (few or many) and trained at a lower
+                       rate than the head, with early stopping that restores the best weights;
+    full               every group is unfrozen.
+A finetuned model is kept only if it beats the head alone on validation data.
 """
 
 from __future__ import annotations
@@ -17,19 +21,25 @@ import numpy as np
 
 from finetune import run as run_files
 from finetune.config import TrainConfig
-from finetune.errors import FinetuneError
+from finetune.errors import FinetuneError, check_choice
 
 
 def build_classifier(backbone, preprocessing: str, num_classes: int, image_size: int, dropout: float = 0.2):
-    """Raw RGB image (0..255) -> preprocessing -> backbone -> pooling -> dropout -> softmax."""
+    """Raw RGB image (0..255) -> preprocessing -> backbone -> pooling -> dropout -> softmax.
+
+    A backbone with several outputs (stages) has each pooled and the results concatenated.
+    """
     import keras
 
     from finetune.zoo import Preprocess
 
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    features = Preprocess(preprocessing, name="preprocess")(inputs)
-    features = backbone(features)
-    features = keras.layers.GlobalAveragePooling2D(name="pool")(features)
+    features = backbone(Preprocess(preprocessing, name="preprocess")(inputs))
+    if isinstance(features, (list, tuple)):
+        pooled = [keras.layers.GlobalAveragePooling2D(name=f"pool_{index}")(item) for index, item in enumerate(features)]
+        features = keras.layers.Concatenate(name="pool")(pooled)
+    else:
+        features = keras.layers.GlobalAveragePooling2D(name="pool")(features)
     features = keras.layers.Dropout(dropout, name="dropout")(features)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="classifier")(features)
     return keras.Model(inputs, outputs, name="classifier_model")
@@ -74,6 +84,17 @@ def unfreeze_top_groups(backbone, spec, count: int) -> list[str]:
     return unfrozen
 
 
+def truncated_backbone(backbone, spec, stage_indices):
+    """The backbone cut after the given stage endpoints (one output per stage)."""
+    import keras
+
+    from finetune.zoo import stage_outputs
+
+    outputs = stage_outputs(backbone, spec)
+    chosen = [outputs[index] for index in stage_indices]
+    return keras.Model(backbone.inputs, chosen[0] if len(chosen) == 1 else chosen, name=f"{backbone.name}_cut")
+
+
 def library_versions() -> dict:
     import keras
     import PIL
@@ -99,9 +120,11 @@ def train(config: TrainConfig):
 
     from finetune import data as data_module
     from finetune import zoo
-    from finetune.head import fit_linear_head
+    from finetune.features import stage_features
     from finetune.metrics import classification_metrics
+    from finetune.policy import STRATEGIES, groups_to_unfreeze, measure_policy
 
+    check_choice("strategy", config.strategy, STRATEGIES)
     if config.epochs < 0:
         raise FinetuneError(f"`epochs` must be 0 or more. Received: epochs={config.epochs}")
     if config.batch_size < 1:
@@ -134,9 +157,55 @@ def train(config: TrainConfig):
         spec, image_size=image_size, weights=config.model.weights, alpha=config.model.alpha
     )
     backbone.trainable = False
-    model = build_classifier(backbone, spec.preprocessing, num_classes, image_size, config.model.dropout)
+    run_files.atomic_write_json(run_dir / run_files.LABELS_FILE, data.class_names)
+
+    # Features of every stage, computed once (and cached on disk) for the policy and the heads.
+    _log(config, f"Computing {spec.name} features of {len(train_split.labels)} training images (once)...")
+    identity = {"backbone": spec.name, "weights": weights_source, "alpha": config.model.alpha}
+    predict_verbose = 1 if config.verbose else 0
+
+    def features_of(split):
+        if split is None:
+            return None
+        return stage_features(backbone, spec, split.images, identity, config.batch_size, predict_verbose, config.data.cache)
+
+    train_features, val_features = features_of(train_split), features_of(val_split)
+    policy = measure_policy(spec, weights_source, train_features, train_split.labels, num_classes, config.policy, config.seed)
+    policy["requested"] = config.strategy
+    strategy = policy["strategy"] if config.strategy == "auto" else config.strategy
+    policy["used"] = strategy
+    run_files.atomic_write_json(run_dir / "policy.json", policy)
+    _log(config, f"Strategy: {strategy}" + (" (picked by the policy: " + policy["reasons"][-1] + ")" if config.strategy == "auto" else " (requested)"))
+
+    fit_head = _head_fitter(train_split, val_split, num_classes, weights_by_class, config)
+    if strategy == "multistage_linear":
+        model, stages, head_history = _multistage(backbone, spec, image_size, num_classes, train_features, val_features, fit_head, config)
+    else:
+        model = build_classifier(backbone, spec.preprocessing, num_classes, image_size, config.model.dropout)
+        head = fit_head(train_features[-1], None if val_features is None else val_features[-1])
+        model.get_layer("classifier").set_weights([head.kernel, head.bias])
+        stages = {"head": {"c": head.c, "val_accuracy": head.val_accuracy, "search": head.search}}
+        head_history = (head, train_features[-1], None if val_features is None else val_features[-1])
+        _log(config, f"Head fit on cached features: C={head.c}, validation accuracy {head.val_accuracy}")
+        groups = config.unfreeze_groups if config.unfreeze_groups is not None else groups_to_unfreeze(
+            strategy, len(spec.freeze_groups), config.policy)
+        if strategy in ("finetune_top", "finetune_most", "full") and config.epochs > 0 and groups > 0:
+            if val_split is None:
+                raise FinetuneError(
+                    f"Strategy {strategy} needs validation images for early stopping, and {config.data.source} has none. "
+                    "Add a val/ folder or a --val-fraction above 0."
+                )
+            stages["finetune"] = _finetune(model, backbone, spec, groups, config, train_split, val_split, weights_by_class, run_dir, head)
+
+    if "finetune" not in stages:
+        best_head, chosen_train, chosen_val = head_history
+        _write_head_history(run_dir / run_files.HISTORY_FILE, best_head, chosen_train, train_split.labels,
+                            chosen_val, None if val_split is None else val_split.labels)
+
     resolved = config.to_dict()
     resolved.update(
+        strategy=strategy,
+        strategy_requested=config.strategy,
         image_size=image_size,
         class_names=data.class_names,
         weights_source=weights_source,
@@ -145,39 +214,9 @@ def train(config: TrainConfig):
         run_dir=str(run_dir),
     )
     resolved["data"]["image_size"] = image_size
-    run_files.atomic_write_json(run_dir / run_files.LABELS_FILE, data.class_names)
-    run_files.atomic_write_json(run_dir / run_files.CONFIG_FILE, resolved)
-
-    # Stage 1: the head, on features computed once.
-    _log(config, f"Computing {spec.name} features of {len(train_split.labels)} training images (once)...")
-    extractor = feature_extractor(model)
-    predict_verbose = 1 if config.verbose else 0
-
-    def features_of(split):
-        return extractor.predict(split.images.astype(np.float32), batch_size=config.batch_size, verbose=predict_verbose)
-
-    train_features = features_of(train_split)
-    val_features = features_of(val_split) if val_split is not None else None
-    head = fit_linear_head(
-        train_features,
-        train_split.labels,
-        num_classes,
-        val_features,
-        val_split.labels if val_split is not None else None,
-        c_grid=config.head_c_grid,
-        class_weight=weights_by_class,
-        seed=config.seed,
-    )
-    model.get_layer("classifier").set_weights([head.kernel, head.bias])
-    _log(config, f"Head fit on cached features: C={head.c}, validation accuracy {head.val_accuracy}")
-    stages = {"head": {"c": head.c, "val_accuracy": head.val_accuracy, "search": head.search}}
-
-    # Stage 2: finetune the top groups, kept only when validation accuracy improves.
-    if config.epochs > 0 and config.unfreeze_groups > 0 and val_split is not None:
-        stages["finetune"] = _finetune(model, backbone, spec, config, train_split, val_split, weights_by_class, run_dir, head)
-
-    run_files.save_model_atomic(model, run_dir / run_files.MODEL_FILE)
-    metrics = {"stages": stages, "weights_source": weights_source, "train_seconds": None}
+    # Saved without the optimizer: a fresh functional model over the same layers.
+    run_files.save_model_atomic(keras.Model(model.inputs, model.outputs, name="classifier_model"), run_dir / run_files.MODEL_FILE)
+    metrics = {"strategy": strategy, "stages": stages, "weights_source": weights_source}
     for name, split in (("val", val_split), ("test", test_split)):
         if split is not None:
             probabilities = model.predict(split.images.astype(np.float32), batch_size=config.batch_size, verbose=0)
@@ -187,18 +226,88 @@ def train(config: TrainConfig):
     metrics["class_weights"] = resolved["class_weights"]
     metrics["num_skipped"] = len(skipped)
     metrics["train_seconds"] = round(time.time() - started, 2)
+    run_files.atomic_write_json(run_dir / run_files.CONFIG_FILE, resolved)
     run_files.atomic_write_json(run_dir / run_files.METRICS_FILE, metrics)
     return run_files.load_run(run_dir)
 
 
-def _finetune(model, backbone, spec, config, train_split, val_split, weights_by_class, run_dir, head):
+def _head_fitter(train_split, val_split, num_classes, weights_by_class, config):
+    from finetune.head import fit_linear_head
+
+    def fit(train_features, val_features):
+        return fit_linear_head(
+            train_features, train_split.labels, num_classes, val_features,
+            None if val_split is None else val_split.labels,
+            c_grid=config.head_c_grid, class_weight=weights_by_class, seed=config.seed,
+        )
+
+    return fit
+
+
+def _val_loss(head) -> float:
+    chosen = [row["val_loss"] for row in head.search if row["c"] == head.c]
+    return chosen[0] if chosen else 0.0
+
+
+def _write_head_history(path, head, train_features, train_labels, val_features, val_labels) -> None:
+    """history.csv of a run without finetuning epochs: one line for the head, as Keras' CSVLogger writes."""
+
+    def accuracy_and_loss(features, labels):
+        probabilities = head.probabilities(np.asarray(features, dtype=np.float64))
+        picked = probabilities[np.arange(len(labels)), labels]
+        return float((probabilities.argmax(1) == labels).mean()), float(-np.log(np.clip(picked, 1e-12, 1)).mean())
+
+    accuracy, loss = accuracy_and_loss(train_features, train_labels)
+    row = ["0", repr(accuracy), repr(loss)]
+    if val_features is not None:
+        row += [repr(value) for value in accuracy_and_loss(val_features, val_labels)]
+    header = "epoch,accuracy,loss" + (",val_accuracy,val_loss" if val_features is not None else "")
+    run_files.atomic_write_text(path, header + "\n" + ",".join(row) + "\n")
+
+
+def _multistage(backbone, spec, image_size, num_classes, train_features, val_features, fit_head, config):
+    """Linear heads on each stage's features and on all of them concatenated; the best on validation wins.
+
+    Ties in accuracy go to the lower validation loss, then to single stages before the concatenation.
+    """
+    candidates = [(f"stage {index}: {endpoint}", [index]) for index, endpoint in enumerate(spec.stage_endpoints)]
+    candidates.append(("all stages concatenated", list(range(len(spec.stage_endpoints)))))
+    results = []
+    for name, indices in candidates:
+        train_input = np.concatenate([train_features[index] for index in indices], axis=1)
+        val_input = None if val_features is None else np.concatenate([val_features[index] for index in indices], axis=1)
+        head = fit_head(train_input, val_input)
+        results.append((name, indices, head))
+        _log(config, f"  {name}: validation accuracy {head.val_accuracy}")
+    best_name, best_indices, best_head = max(results, key=lambda item: (item[2].val_accuracy or 0.0, -_val_loss(item[2]), -len(item[1])))
+    model = build_classifier(truncated_backbone(backbone, spec, best_indices), spec.preprocessing, num_classes, image_size, config.model.dropout)
+    model.get_layer("classifier").set_weights([best_head.kernel, best_head.bias])
+    _log(config, f"Kept {best_name}.")
+    chosen_train = np.concatenate([train_features[index] for index in best_indices], axis=1)
+    chosen_val = None if val_features is None else np.concatenate([val_features[index] for index in best_indices], axis=1)
+    history = (best_head, chosen_train, chosen_val)
+    return model, {
+        "multistage": {
+            "candidates": [{"name": name, "stages": indices, "c": head.c, "val_accuracy": head.val_accuracy} for name, indices, head in results],
+            "chosen": best_name,
+            "chosen_stages": [spec.stage_endpoints[index] for index in best_indices],
+        }
+    }, history
+
+
+def _finetune(model, backbone, spec, groups, config, train_split, val_split, weights_by_class, run_dir, head):
     import keras
 
     from finetune.data import make_dataset
+    from finetune.optimizers import DiscriminativeAdam
 
-    unfrozen = unfreeze_top_groups(backbone, spec, config.unfreeze_groups)
+    unfrozen = unfreeze_top_groups(backbone, spec, groups)
     model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
+        optimizer=DiscriminativeAdam(
+            slow_variables=backbone.trainable_variables,
+            slow_multiplier=config.backbone_learning_rate_multiplier,
+            learning_rate=config.learning_rate,
+        ),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
@@ -212,7 +321,7 @@ def _finetune(model, backbone, spec, config, train_split, val_split, weights_by_
     ]
     head_weights = model.get_weights()
     head_accuracy = head.val_accuracy
-    _log(config, f"Finetuning the top {config.unfreeze_groups} groups ({len(unfrozen)} layers) for up to {config.epochs} epochs...")
+    _log(config, f"Finetuning the top {groups} of {len(spec.freeze_groups)} groups ({len(unfrozen)} layers) for up to {config.epochs} epochs...")
     history = model.fit(
         train_dataset,
         validation_data=val_dataset,
@@ -234,7 +343,7 @@ def _finetune(model, backbone, spec, config, train_split, val_split, weights_by_
     # Freeze again so the saved model says what was trained and loads identically.
     backbone.trainable = False
     return {
-        "unfrozen_groups": config.unfreeze_groups,
+        "unfrozen_groups": groups,
         "unfrozen_layers": len(unfrozen),
         "epochs_run": len(history.history.get("loss", [])),
         "val_accuracy": float(finetuned_accuracy),

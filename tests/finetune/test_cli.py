@@ -16,7 +16,7 @@ def trained(tmp_path_factory):
     data = write_image_folder(root / "data" / "train", classes=("cat", "dog"), per_class=8)
     write_image_folder(root / "data" / "test", classes=("cat", "dog"), per_class=3, seed=5)
     run_dir = root / "run"
-    assert main(["train", str(root / "data"), "--out", str(run_dir), "--epochs", "1", *TINY]) == 0
+    assert main(["train", str(root / "data"), "--out", str(run_dir), "--epochs", "1", "--strategy", "finetune_top", *TINY]) == 0
     return root, run_dir
 
 

@@ -49,7 +49,7 @@ def test_finetuning_keeps_batch_norm_statistics_and_trains_only_the_top_groups()
 def test_train_writes_a_complete_run_directory(tmp_path):
     data = write_image_folder(tmp_path / "data", classes=("a", "b", "c"), per_class=8)
     (data / "a" / "broken.jpg").write_bytes(b"not an image")
-    run = finetune.train(data, out=str(tmp_path / "run"), epochs=1, **TINY)
+    run = finetune.train(data, out=str(tmp_path / "run"), epochs=1, strategy="finetune_top", **TINY)
     names = {path.name for path in run.directory.iterdir()}
     assert {"model.keras", "labels.json", "config.json", "metrics.json", "skipped.json", "history.csv"} <= names
     assert run.labels == ["a", "b", "c"]
@@ -63,6 +63,7 @@ def test_train_writes_a_complete_run_directory(tmp_path):
     assert np.array(metrics["val"]["confusion_matrix"]).shape == (3, 3)
     assert set(metrics["val"]["per_class"]) == {"a", "b", "c"}
     assert metrics["stages"]["finetune"]["epochs_run"] == 1
+    assert config["strategy"] == "finetune_top" and (run.directory / "policy.json").is_file()
     reloaded = keras.saving.load_model(run.directory / "model.keras", safe_mode=True)
     images = np.random.default_rng(0).uniform(0, 255, (2, 48, 48, 3)).astype("float32")
     np.testing.assert_allclose(reloaded.predict(images, verbose=0), run.model.predict(images, verbose=0), atol=1e-6)
@@ -73,7 +74,8 @@ def test_training_is_deterministic_for_a_seed(tmp_path):
     first = finetune.train(data, out=str(tmp_path / "one"), epochs=0, **TINY)
     second = finetune.train(data, out=str(tmp_path / "two"), epochs=0, **TINY)
     assert first.metrics["val"] == second.metrics["val"]
-    assert first.metrics["stages"]["head"]["search"] == second.metrics["stages"]["head"]["search"]
+    assert first.metrics["stages"] == second.metrics["stages"]
+    assert first.config["strategy"] == second.config["strategy"]
 
 
 def test_imbalanced_classes_get_recorded_class_weights(tmp_path):

@@ -1,0 +1,66 @@
+"""Frozen-backbone features, computed once per (images, backbone, weights, size) and cached on disk.
+
+What makes the linear strategies fast: a frozen backbone's features never change, so one
+forward pass per image replaces one per epoch. Features are globally average-pooled outputs of
+every stage endpoint of the zoo spec (bottom to top), all from the same forward pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+
+from finetune.config import finetune_home
+from finetune.run import atomic_write_text
+
+
+def stage_feature_model(backbone, spec, image_size: int):
+    """Raw RGB images (0..255) -> [pooled features of each stage endpoint], bottom to top."""
+    import keras
+
+    from finetune.zoo import Preprocess, stage_outputs
+
+    pooled = [keras.layers.GlobalAveragePooling2D(name=f"stage_pool_{index}")(tensor)
+              for index, tensor in enumerate(stage_outputs(backbone, spec))]
+    stages = keras.Model(backbone.inputs, pooled, name="stages")
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    return keras.Model(inputs, stages(Preprocess(spec.preprocessing)(inputs)), name="stage_features")
+
+
+def _cache_path(images: np.ndarray, identity: dict):
+    digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode())
+    digest.update(str(images.shape).encode())
+    digest.update(np.ascontiguousarray(images).data)
+    return finetune_home() / "features" / f"{digest.hexdigest()}.npz"
+
+
+def stage_features(backbone, spec, images: np.ndarray, identity: dict, batch_size: int = 32, verbose: int = 0,
+                   cache: bool = True) -> list[np.ndarray]:
+    """Pooled features of every stage endpoint for `images` (uint8 [N, S, S, 3]), bottom to top.
+
+    `identity` names what determines the features besides the pixels (backbone name, weights
+    source, alpha); with the pixels it keys the on-disk cache.
+    """
+    path = _cache_path(images, identity) if cache else None
+    if path is not None and path.exists():
+        with np.load(path) as stored:
+            return [stored[f"stage_{index}"] for index in range(len(stored.files))]
+    model = stage_feature_model(backbone, spec, images.shape[1])
+    outputs = model.predict(images.astype(np.float32), batch_size=batch_size, verbose=verbose)
+    outputs = [np.asarray(output, dtype=np.float32) for output in (outputs if isinstance(outputs, list) else [outputs])]
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.stem}.tmp.npz")
+        np.savez(temporary, **{f"stage_{index}": output for index, output in enumerate(outputs)})
+        temporary.replace(path)
+    return outputs
+
+
+def clear_cache() -> None:
+    """Deletes every cached feature file (they are rebuilt on demand)."""
+    folder = finetune_home() / "features"
+    for path in folder.glob("*.npz") if folder.exists() else []:
+        path.unlink(missing_ok=True)
+    atomic_write_text(folder / "README", "Cached backbone features; safe to delete.\n")
