@@ -1,0 +1,1 @@
+"""The finetune web app (Streamlit) and the computation behind it (`app.logic`)."""

@@ -1,0 +1,217 @@
+"""The app through Streamlit's AppTest: model listing, empty state, TTA selector, uploads, every message."""
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from app import logic
+from tests.app.conftest import bomb_png, image_bytes, write_colour_run
+
+APP = str(Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py")
+
+
+def start_app(models_dir, monkeypatch, **environment) -> AppTest:
+    monkeypatch.setenv(logic.MODELS_DIR_VARIABLE, str(models_dir))
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.run()
+    assert not app.exception, app.exception
+    return app
+
+
+def upload(app: AppTest, *files) -> AppTest:
+    app.file_uploader(key="uploads").set_value(list(files)).run()
+    assert not app.exception, app.exception
+    return app
+
+
+def table(app: AppTest) -> dict:
+    """The results table as {file: row}."""
+    frame = app.dataframe[0].value
+    return {row["file"]: row for row in frame.to_dict("records")}
+
+
+def tta_selector(app: AppTest):
+    return next(box for box in app.sidebar.selectbox if box.label == "Test-time augmentation")
+
+
+def errors(app: AppTest) -> str:
+    return "\n".join(element.value for element in app.error)
+
+
+def test_sidebar_lists_runs_with_their_facts(tmp_path, monkeypatch):
+    write_colour_run(tmp_path / "colours-a", val_accuracy=0.75)
+    write_colour_run(tmp_path / "colours-b", val_accuracy=0.5)
+    (tmp_path / "half-written").mkdir()
+    (tmp_path / "half-written" / "model.keras").write_bytes(b"")  # no labels.json: listed as a problem
+    app = start_app(tmp_path, monkeypatch)
+    picker = app.sidebar.selectbox(key="model")
+    assert len(picker.options) == 2 and all("(run)" in option for option in picker.options)
+    facts = app.sidebar.markdown[0].value
+    assert "blue, red" in facts and "colour_means" in facts and "linear" in facts
+    assert "Validation accuracy**: 75.0%" in facts or "Validation accuracy**: 50.0%" in facts
+    assert "Trained" in facts
+    problem = app.sidebar.expander[0]
+    assert "1 could not be read" in problem.label and "half-written" in problem.caption[0].value
+
+
+def test_models_dir_comes_from_the_argument_then_the_environment(tmp_path):
+    assert logic.models_dir_from(["--models-dir", "runs"], {logic.MODELS_DIR_VARIABLE: "other"}) == Path("runs")
+    assert logic.models_dir_from(["-q", "x"], {logic.MODELS_DIR_VARIABLE: "other"}) == Path("other")
+    assert logic.models_dir_from([], {}) == Path("models")
+
+
+def test_empty_models_folder_says_how_to_make_a_model(tmp_path, monkeypatch):
+    app = start_app(tmp_path, monkeypatch)
+    message = app.warning[0].value
+    assert f"No trained model found in `{tmp_path}`" in message
+    assert "make demo" in message and "finetune train DATA_DIR" in message and logic.MODELS_DIR_VARIABLE in message
+    assert not app.file_uploader  # nothing to upload to without a model
+    missing = start_app(tmp_path / "nothing-here", monkeypatch)
+    assert "nothing-here` does not exist" in missing.warning[0].value
+
+
+def test_damaged_model_file_is_a_message_not_a_traceback(tmp_path, monkeypatch):
+    write_colour_run(tmp_path / "broken")
+    (tmp_path / "broken" / "model.keras").write_bytes(b"not a zip file")
+    app = start_app(tmp_path, monkeypatch)
+    assert "Could not load the model" in errors(app) and "broken" in errors(app)
+
+
+def test_tta_selector_offers_the_library_modes(colour_models_dir, monkeypatch):
+    pytest.importorskip("augment.tta")
+    app = start_app(colour_models_dir, monkeypatch)
+    selector = tta_selector(app)
+    assert set(logic.TTA_MODES) <= set(selector.options) and not selector.disabled
+    selector.set_value("ten_crop").run()
+    upload(app, ("tomato.png", image_bytes("red"), "image/png"))
+    row = table(app)["tomato.png"]
+    assert row["label"] == "red" and row["tta"] == "ten_crop"
+    views = app.expander[0]
+    assert views.label == "The 10 views TTA averaged" and len(views.children[0].proto.imgs) == 1
+
+
+def test_tta_selector_is_disabled_with_a_note_without_augment_tta(colour_models_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "augment.tta", None)  # as if augment/tta.py were missing
+    app = start_app(colour_models_dir, monkeypatch)
+    selector = tta_selector(app)
+    assert selector.disabled and list(selector.options) == list(logic.TTA_MODES)
+    assert "needs augment/tta.py" in " ".join(caption.value for caption in app.sidebar.caption)
+    upload(app, ("tomato.png", image_bytes("red"), "image/png"))
+    assert table(app)["tomato.png"]["tta"] == "none"
+
+
+def test_predicts_uploaded_images_from_their_bytes(colour_models_dir, monkeypatch):
+    app = start_app(colour_models_dir, monkeypatch)
+    assert "Upload images or pick samples" in app.info[0].value
+    upload(app, ("tomato.png", image_bytes("red"), "image/png"), ("sea.jpg", image_bytes("blue", "JPEG"), "image/jpeg"))
+    rows = table(app)
+    assert rows["tomato.png"]["label"] == "red" and rows["sea.jpg"]["label"] == "blue"
+    assert rows["tomato.png"]["probability"] > 0.9 and rows["tomato.png"]["latency_ms"] > 0
+    assert not app.error
+    headings = " ".join(element.value for element in app.markdown)
+    assert "### red" in headings and "### blue" in headings
+
+
+def test_format_is_read_from_the_content_not_the_name(colour_models_dir, monkeypatch):
+    app = start_app(colour_models_dir, monkeypatch)
+    webp = io.BytesIO()
+    Image.open(io.BytesIO(image_bytes("red"))).save(webp, format="WEBP")
+    upload(app, ("photo.dat", image_bytes("red", "BMP"), "application/octet-stream"), ("x.webp", webp.getvalue(), "image/webp"))
+    rows = table(app)
+    assert rows["photo.dat"]["label"] == "red" and rows["x.webp"]["label"] == "red"
+
+
+def test_bad_files_get_messages_and_the_others_are_still_predicted(colour_models_dir, monkeypatch):
+    app = start_app(colour_models_dir, monkeypatch, **{logic.MAX_UPLOAD_VARIABLE: "0.05"})  # 50 kB
+    jpeg = image_bytes("blue", "JPEG", size=(200, 200))
+    big = image_bytes("red", "BMP", size=(200, 200))  # 120 kB
+    upload(
+        app,
+        ("notes.jpg", b"these are words, not pixels", "image/jpeg"),
+        ("cut.jpg", jpeg[: len(jpeg) // 2], "image/jpeg"),
+        ("empty.png", b"", "image/png"),
+        ("huge.bmp", big, "image/bmp"),
+        ("bomb.png", bomb_png(), "image/png"),
+        ("fine.png", image_bytes("red"), "image/png"),
+    )
+    shown = errors(app)
+    assert "**notes.jpg** was not used: not an image in a supported format" in shown
+    assert "**cut.jpg** was not used: truncated or corrupt image data" in shown
+    assert "**empty.png** was not used: empty file" in shown
+    assert "**huge.bmp** was not used: 0.1 MB is over the upload limit of 0.05 MB per file" in shown
+    assert "**bomb.png** was not used: 30000x30000 pixels" in shown and "decompression bomb" in shown
+    assert "Traceback" not in shown
+    rows = table(app)
+    assert rows["fine.png"]["label"] == "red" and rows["fine.png"]["error"] == ""
+    assert all(rows[name]["error"] for name in ("notes.jpg", "cut.jpg", "empty.png", "huge.bmp", "bomb.png"))
+
+
+def test_results_download_as_csv(colour_models_dir, monkeypatch):
+    app = start_app(colour_models_dir, monkeypatch)
+    upload(app, ("tomato.png", image_bytes("red"), "image/png"), ("notes.jpg", b"words", "image/jpeg"))
+    assert [button.proto.label for button in app.get("download_button")] == ["Download all results (CSV)"]
+    run = logic.load_run(next(colour_models_dir.iterdir()))
+    results = [logic.predict_upload(run, "tomato.png", image_bytes("red")), logic.predict_upload(run, "notes.jpg", b"words")]
+    lines = logic.results_csv(results).splitlines()
+    assert lines[0] == "file,label,probability,top_k,latency_ms,tta,member_agreement,error"
+    assert lines[1].startswith("tomato.png,red,0.9") and lines[2].startswith("notes.jpg,,,")
+
+
+def test_samples_can_be_picked_instead_of_uploaded(colour_models_dir, monkeypatch):
+    samples = logic.sample_files()
+    if not samples:
+        pytest.skip("the bundled sample images are not installed")
+    app = start_app(colour_models_dir, monkeypatch)
+    first = next(iter(samples))
+    app.multiselect(key="samples").set_value([first]).run()
+    assert first in table(app) and not app.error
+
+
+def test_exported_ensemble_is_listed_and_its_members_agreement_shown(tmp_path, monkeypatch):
+    export = pytest.importorskip("finetune.export")
+    runs = [write_colour_run(tmp_path / "runs" / name, contrary=name == "c") for name in ("a", "b", "c")]
+    export.export_ensemble(runs, tmp_path / "models" / "exports" / "colours", members="best")
+    write_colour_run(tmp_path / "models" / "single")
+    app = start_app(tmp_path / "models", monkeypatch)
+    picker = app.sidebar.selectbox(key="model")
+    assert sorted(picker.options) == ["colours (ensemble)", "single (run)"]
+    picker.select_index(picker.options.index("colours (ensemble)")).run()
+    facts = app.sidebar.markdown[0].value
+    assert "Members** (3): a (75.0%), b (75.0%), c (75.0%)" in facts and "colour_means" in facts
+    upload(app, ("tomato.png", image_bytes("red"), "image/png"))
+    row = table(app)["tomato.png"]
+    assert row["label"] == "red" and row["member_agreement"] == pytest.approx(2 / 3, abs=1e-3)
+    assert "members agree: 67% (red, red, blue)" in " ".join(caption.value for caption in app.caption)
+
+
+@pytest.mark.parametrize("tta", ["none", "five_crop"])
+def test_app_predicts_what_finetune_predict_predicts(colour_models_dir, tmp_path, tta):
+    if tta != "none":
+        pytest.importorskip("augment.tta")
+    import finetune
+
+    run = logic.load_run(next(colour_models_dir.iterdir()))
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(image_bytes("red", "JPEG", size=(90, 60)))
+    from_library = finetune.predict(run, [photo], top_k=2, tta=tta)[0]["predictions"]
+    from_app = logic.predict_upload(run, "photo.jpg", photo.read_bytes(), tta=tta, top_k=2).predictions
+    assert [p["label"] for p in from_app] == [p["label"] for p in from_library]
+    assert [p["probability"] for p in from_app] == pytest.approx([p["probability"] for p in from_library], abs=1e-5)
+
+
+def test_tta_starts_at_the_mode_training_chose(tmp_path, monkeypatch):
+    pytest.importorskip("augment.tta")
+    run_dir = write_colour_run(tmp_path / "with-tta")
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**config, "tta": {"mode": "flip"}}))
+    app = start_app(tmp_path, monkeypatch)
+    assert tta_selector(app).value == "flip"
+    upload(app, ("tomato.png", image_bytes("red"), "image/png"))
+    assert table(app)["tomato.png"]["tta"] == "flip"
