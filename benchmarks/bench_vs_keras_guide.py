@@ -60,13 +60,13 @@ def keras_guide(data_dir: Path, image_size: int, backbone: str, seed: int, head_
     return float(accuracy), time.time() - started
 
 
-def ours(data_dir: Path, image_size: int, backbone: str, seed: int, epochs: int):
+def ours(data_dir: Path, image_size: int, backbone: str, seed: int):
     import finetune
 
     started = time.time()
     with tempfile.TemporaryDirectory() as out:
         run = finetune.train(
-            str(data_dir), backbone=backbone, image_size=image_size, seed=seed, epochs=epochs,
+            str(data_dir), backbone=backbone, image_size=image_size, seed=seed,
             out=str(Path(out) / "run"), verbose=0, cache=False,
         )
         return float(run.metrics["test_accuracy"]), time.time() - started, run.metrics
@@ -76,9 +76,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", nargs="+", default=["textures", "fashion_mnist", "digits"])
     parser.add_argument("--image-size", type=int, default=160)
-    parser.add_argument("--backbone", default="mobilenet_v2")
+    parser.add_argument("--backbone", default="mobilenet_v2_torchvision")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", nargs="+", type=int, default=[0, 5], help="finetuning epochs of our runs")
     arguments = parser.parse_args()
     rows = []
     for name in arguments.sets:
@@ -87,17 +86,17 @@ def main() -> None:
         rows.append({"data": name, "method": "keras guide (10+10 epochs)", "test_accuracy": guide_accuracy,
                      "seconds": round(guide_seconds, 1)})
         print(rows[-1], flush=True)
-        for epochs in arguments.epochs:
-            accuracy, seconds, metrics = ours(data_dir, arguments.image_size, arguments.backbone, arguments.seed, epochs)
-            rows.append({
-                "data": name, "method": f"finetune (head + {epochs} finetune epochs)", "test_accuracy": accuracy,
-                "seconds": round(seconds, 1), "vs_guide_accuracy": round(accuracy - guide_accuracy, 3),
-                "time_ratio": round(seconds / guide_seconds, 3),
-            })
-            print(rows[-1], flush=True)
+        accuracy, seconds, metrics = ours(data_dir, arguments.image_size, arguments.backbone, arguments.seed)
+        rows.append({
+            "data": name, "method": f"finetune train (strategy auto: {metrics['strategy']})", "test_accuracy": accuracy,
+            "seconds": round(seconds, 1), "vs_guide_accuracy": round(accuracy - guide_accuracy, 3),
+            "time_ratio": round(seconds / guide_seconds, 3),
+        })
+        print(rows[-1], flush=True)
     notes = (
         f"MobileNetV2 ({arguments.backbone}) at {arguments.image_size} px, seed {arguments.seed}, 30 training and "
-        "10 validation images per class. Targets: test accuracy >= the guide's, time_ratio <= 0.5."
+        "10 validation images per class. Targets: test accuracy >= the guide's, time_ratio <= 0.5. Our time "
+        "includes decoding, the policy's measurements and writing the run; the image and feature caches are off."
     )
     save_results("vs_keras_guide", rows, ["data", "method", "test_accuracy", "seconds", "vs_guide_accuracy", "time_ratio"], notes)
 
