@@ -77,6 +77,24 @@ class TrainConfig:
     backbone_learning_rate_multiplier: float = 0.1
     # Early stopping: epochs without improvement of validation loss before stopping.
     patience: int = 3
+    # Augmentation while finetuning (heads are fit on features of the images as they are): a
+    # preset of augment.options (none, light, standard, strong) and overrides of its options,
+    # e.g. {"mixup": 0.2}.
+    augment: str = "light"
+    augment_options: dict = dataclasses.field(default_factory=dict)
+    # Learning-rate schedule of finetuning (finetune.schedules): constant, step, exponential,
+    # inverse_time, cosine, cyclic or snapshot, after `warmup_epochs` of warmup (linear,
+    # constant or none); schedule_options go to the schedule (e.g. {"factor": 0.1}).
+    schedule: str = "cosine"
+    warmup_epochs: int = 1
+    warmup: str = "linear"
+    schedule_options: dict = dataclasses.field(default_factory=dict)
+    # Snapshot ensemble: M >= 2 trains M cosine cycles (no early stopping) and saves a model at
+    # the end of each into run/snapshots/; 0: off.
+    snapshots: int = 0
+    # Test-time augmentation: "auto" measures every crop mode on validation data and records the
+    # best (ties to the cheaper); a mode of augment.tta forces it; "none" skips the measurement.
+    tta: str = "auto"
     # Inverse regularisation strengths tried for the head on cached features; the best on
     # validation data is kept.
     head_c_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)

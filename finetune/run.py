@@ -27,6 +27,7 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 SKIPPED_FILE = "skipped.json"
 HISTORY_FILE = "history.csv"
+EXPORT_FILE = "export.json"  # marks an export directory (finetune.export)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -99,6 +100,8 @@ class Run:
     config: dict
     metrics: dict
     _model: object = None
+    # Gives the model instead of model.keras (exports in other formats: see finetune.export).
+    _loader: object = None
 
     @property
     def image_size(self) -> int:
@@ -107,6 +110,8 @@ class Run:
     @property
     def model(self):
         """The Keras model, loaded on first use with `safe_mode=True`."""
+        if self._model is None and self._loader is not None:
+            self._model = self._loader()
         if self._model is None:
             import keras
 
@@ -117,11 +122,16 @@ class Run:
 
 
 def load_run(path) -> Run:
-    """Loads a run directory written by `finetune train`.
+    """Loads a run directory written by `finetune train`, or an export of `finetune export`.
 
     Raises a `FinetuneError` naming the directory when it is not a run.
     """
     directory = Path(path)
+    export_directory = directory.parent if directory.is_file() else directory
+    if (export_directory / EXPORT_FILE).is_file():
+        from finetune.export import load_export
+
+        return load_export(export_directory)
     if not directory.is_dir():
         raise FinetuneError(
             f"Run directory {directory} does not exist. Pass a directory written by `finetune train` "

@@ -221,6 +221,15 @@ def train(config: TrainConfig):
         if split is not None:
             probabilities = model.predict(split.images.astype(np.float32), batch_size=config.batch_size, verbose=0)
             metrics[name] = classification_metrics(split.labels, probabilities, data.class_names)
+    snapshots = stages.get("finetune", {}).get("snapshots")
+    if snapshots:
+        metrics["snapshots"] = _evaluate_snapshots(snapshots, val_split, test_split, config.batch_size)
+    tta = _choose_tta(model, data, val_split, image_size, config)
+    if tta is not None:
+        resolved["tta"] = tta["mode"]
+        metrics["tta"] = tta
+    metrics["augment"] = stages.get("finetune", {}).get("augment")
+    metrics.update(_curves(run_dir, config))
     metrics["val_accuracy"] = metrics["val"]["accuracy"] if "val" in metrics else None
     metrics["test_accuracy"] = metrics["test"]["accuracy"] if "test" in metrics else None
     metrics["class_weights"] = resolved["class_weights"]
@@ -229,6 +238,57 @@ def train(config: TrainConfig):
     run_files.atomic_write_json(run_dir / run_files.CONFIG_FILE, resolved)
     run_files.atomic_write_json(run_dir / run_files.METRICS_FILE, metrics)
     return run_files.load_run(run_dir)
+
+
+def _evaluate_snapshots(paths, val_split, test_split, batch_size) -> dict:
+    """Each snapshot and their ensemble on the validation (and test) images."""
+    from finetune.ensemble import evaluate_members, load_members
+
+    members = load_members(paths)
+    result = {"paths": [str(path) for path in paths]}
+    for name, split in (("val", val_split), ("test", test_split)):
+        if split is not None:
+            result[name] = evaluate_members(members, split.images, split.labels, batch_size)
+    return result
+
+
+def _choose_tta(model, data, val_split, image_size, config) -> dict | None:
+    """The test-time crop mode with the best validation accuracy (config.tta == "auto"), recorded in the run."""
+    from finetune.data import load_split
+
+    if config.tta == "none" or val_split is None:
+        return None
+    if config.tta != "auto":
+        return {"mode": config.tta, "chosen_by": "requested"}
+    from augment.tta import choose_tta
+
+    def images_at(size):
+        if size == image_size:
+            return val_split.images
+        return load_split(data, "val", size, config.data.max_megapixels, config.data.cache, verbose=0).images
+
+    _log(config, "Measuring test-time augmentation modes on validation images...")
+    mode, accuracies = choose_tta(model, images_at, val_split.labels, image_size=image_size, batch_size=config.batch_size)
+    _log(config, f"Test-time augmentation: {mode} (validation accuracy by mode: "
+                 + ", ".join(f"{name} {value:.3f}" for name, value in accuracies.items()) + ")")
+    return {"mode": mode, "chosen_by": "validation accuracy, ties to the cheaper mode", "val_accuracy": accuracies}
+
+
+def _curves(run_dir, config) -> dict:
+    """curves.png and the diagnosis of the curves' shape, when there are epochs to plot."""
+    from finetune.curves import diagnose_curves, plot_curves
+
+    history_path = run_dir / run_files.HISTORY_FILE
+    if not history_path.exists():
+        return {}
+    diagnosis = diagnose_curves(history_path)
+    try:
+        plot_curves(history_path, run_dir / "curves.png", title=run_dir.name)
+    except Exception as error:  # a plot must never cost the run
+        diagnosis = {**diagnosis, "plot_error": str(error)}
+    if diagnosis.get("verdict") not in (None, "no_history"):
+        _log(config, f"Curves: {diagnosis['verdict']}: {diagnosis.get('explanation', '')}")
+    return {"diagnosis": diagnosis}
 
 
 def _head_fitter(train_split, val_split, num_classes, weights_by_class, config):
@@ -296,45 +356,89 @@ def _multistage(backbone, spec, image_size, num_classes, train_features, val_fea
 
 
 def _finetune(model, backbone, spec, groups, config, train_split, val_split, weights_by_class, run_dir, head):
+    import math
+
     import keras
 
+    import augment
+    from finetune import callbacks as finetune_callbacks
     from finetune.data import make_dataset
     from finetune.optimizers import DiscriminativeAdam
+    from finetune.schedules import build_schedule
 
+    num_classes = int(model.output_shape[-1])
     unfrozen = unfreeze_top_groups(backbone, spec, groups)
-    model.compile(
+    options = augment.resolve(config.augment, **config.augment_options)
+    augmenter = augment.build_augmenter(options, seed=config.seed)
+    in_model = augmenter is not None and options.placement == "model"
+    train_dataset = make_dataset(train_split.images, train_split.labels, config.batch_size, shuffle=True, seed=config.seed,
+                                 augment=None if in_model else augmenter)
+    val_dataset = make_dataset(val_split.images, val_split.labels, config.batch_size, shuffle=False, seed=config.seed)
+    mixing = options.mixing()
+    if mixing:
+        train_dataset = augment.mix_dataset(train_dataset, num_classes, options.mixup, options.cutmix, seed=config.seed)
+        val_dataset = augment.one_hot_dataset(val_dataset, num_classes)
+    loss, metrics = augment.loss_and_metrics(soft_labels=mixing)
+    # Trained through a wrapper when augmentation runs on the accelerator; `model` shares its weights.
+    fit_model = augment.with_augmentation(model, augmenter) if in_model else model
+
+    epochs = config.epochs
+    warmup_epochs = min(config.warmup_epochs, epochs - 1) if config.warmup != "none" else 0
+    schedule_name, schedule_options = config.schedule, dict(config.schedule_options)
+    if config.snapshots >= 2:
+        # Every cycle must end at an epoch end, where its snapshot is saved.
+        cycles = config.snapshots
+        epochs = warmup_epochs + cycles * max(1, math.ceil((epochs - warmup_epochs) / cycles))
+        schedule_name, schedule_options = "snapshot", {**schedule_options, "cycles": cycles}
+    steps_per_epoch = max(1, math.ceil(len(train_split.labels) / config.batch_size))
+    schedule = build_schedule(schedule_name, config.learning_rate, steps_per_epoch, epochs,
+                              warmup_epochs=warmup_epochs, warmup=config.warmup if warmup_epochs else "none",
+                              **schedule_options)
+    fit_model.compile(
         optimizer=DiscriminativeAdam(
             slow_variables=backbone.trainable_variables,
             slow_multiplier=config.backbone_learning_rate_multiplier,
-            learning_rate=config.learning_rate,
+            learning_rate=schedule,
         ),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
+        loss=loss,
+        metrics=metrics,
     )
-    train_dataset = make_dataset(train_split.images, train_split.labels, config.batch_size, shuffle=True, seed=config.seed)
-    val_dataset = make_dataset(val_split.images, val_split.labels, config.batch_size, shuffle=False, seed=config.seed)
+    guard = finetune_callbacks.DivergenceGuard(num_classes=num_classes)
+    ratio_monitor = finetune_callbacks.UpdateRatioMonitor.for_freeze_groups(model, backbone, spec, groups)
     callbacks = [
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True),
+        guard,
+        finetune_callbacks.LearningRateLogger(),
+        ratio_monitor,  # before CSVLogger, so that its ratios reach history.csv
         keras.callbacks.CSVLogger(str(run_dir / run_files.HISTORY_FILE), append=True),
         # A killed run started again with the same --out resumes from the last finished epoch.
         keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
     ]
+    snapshot_saver = None
+    if config.snapshots >= 2:
+        snapshot_saver = finetune_callbacks.SnapshotSaver(run_dir / "snapshots", (epochs - warmup_epochs) // config.snapshots,
+                                                          offset_epochs=warmup_epochs)
+        callbacks.append(snapshot_saver)
+    else:
+        callbacks.insert(1, keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True))
     head_weights = model.get_weights()
     head_accuracy = head.val_accuracy
-    _log(config, f"Finetuning the top {groups} of {len(spec.freeze_groups)} groups ({len(unfrozen)} layers) for up to {config.epochs} epochs...")
-    history = model.fit(
+    _log(config, f"Finetuning the top {groups} of {len(spec.freeze_groups)} groups ({len(unfrozen)} layers) for up to "
+                 f"{epochs} epochs, {schedule_name} schedule, augmentation {config.augment}...")
+    history = fit_model.fit(
         train_dataset,
         validation_data=val_dataset,
-        epochs=config.epochs,
+        epochs=epochs,
         class_weight=weights_by_class,
         callbacks=callbacks,
         shuffle=False,  # the dataset shuffles itself, seeded
         verbose=1 if config.verbose else 0,
     )
-    _, finetuned_accuracy = model.evaluate(val_dataset, verbose=0)
+    _, finetuned_accuracy = fit_model.evaluate(val_dataset, verbose=0)
     kept = head_accuracy is None or finetuned_accuracy >= head_accuracy
     if not kept:
         model.set_weights(head_weights)
+    if guard.report:
+        _log(config, guard.report["message"])
     _log(
         config,
         f"Finetuned validation accuracy {finetuned_accuracy:.4f} vs head alone {head_accuracy:.4f}: "
@@ -346,6 +450,12 @@ def _finetune(model, backbone, spec, groups, config, train_split, val_split, wei
         "unfrozen_groups": groups,
         "unfrozen_layers": len(unfrozen),
         "epochs_run": len(history.history.get("loss", [])),
+        "schedule": schedule_name,
+        "warmup_epochs": warmup_epochs,
+        "augment": augment.describe(config.augment, **config.augment_options),
         "val_accuracy": float(finetuned_accuracy),
         "kept": bool(kept),
+        "divergence": guard.report,
+        "update_ratios": {name: float(value) for name, value in ratio_monitor.ratios.items()},
+        "snapshots": [str(path) for path in snapshot_saver.saved] if snapshot_saver else [],
     }

@@ -7,7 +7,7 @@ import pytest
 from finetune.cli import main
 from tests.conftest import write_image_folder
 
-TINY = ["--backbone", "mobilenet_v2", "--weights", "none", "--alpha", "0.35", "--image-size", "48", "--batch-size", "8", "--quiet"]
+TINY = ["--backbone", "mobilenet_v2", "--weights", "none", "--alpha", "0.35", "--image-size", "48", "--batch-size", "8", "--quiet", "--tta", "none"]
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from finetune.training import unfreeze_top_groups
 from finetune.zoo import build_backbone, get_spec, layers_of_group
 from tests.conftest import write_image_folder
 
-TINY = dict(backbone="mobilenet_v2", weights="none", alpha=0.35, image_size=48, batch_size=8, verbose=0)
+TINY = dict(backbone="mobilenet_v2", weights="none", alpha=0.35, image_size=48, batch_size=8, verbose=0, tta="none")
 
 
 def _similarity(top, best_lower):

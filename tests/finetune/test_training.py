@@ -12,7 +12,7 @@ from finetune.training import build_classifier, unfreeze_top_groups
 from finetune.zoo import build_backbone, get_spec, layers_of_group
 from tests.conftest import write_image_folder
 
-TINY = dict(backbone="mobilenet_v2", weights="none", alpha=0.35, image_size=48, batch_size=8, verbose=0)
+TINY = dict(backbone="mobilenet_v2", weights="none", alpha=0.35, image_size=48, batch_size=8, verbose=0, tta="none")
 
 
 def _batch_norm_statistics(model):
@@ -92,3 +92,19 @@ def test_unknown_option_and_bad_values_are_clear_errors(tmp_path, image_folder):
         finetune.train(image_folder, epoch=3)
     with pytest.raises(FinetuneError, match="epochs=-1"):
         finetune.train(image_folder, epochs=-1, out=str(tmp_path / "run"))
+
+
+def test_snapshots_tta_and_curves_are_recorded(tmp_path):
+    data = write_image_folder(tmp_path / "data", classes=("a", "b"), per_class=8)
+    options = {**TINY, "tta": "auto"}
+    run = finetune.train(data, out=str(tmp_path / "run"), strategy="finetune_top", epochs=2, snapshots=2,
+                         warmup_epochs=0, augment="light", **options)
+    snapshots = sorted(path.name for path in (run.directory / "snapshots").iterdir())
+    assert snapshots == ["snapshot_01.keras", "snapshot_02.keras"]
+    assert len(run.metrics["snapshots"]["val"]["members"]) == 2
+    assert "accuracy" in run.metrics["snapshots"]["val"]["ensemble"]
+    assert run.metrics["stages"]["finetune"]["schedule"] == "snapshot"
+    assert run.config["tta"] == run.metrics["tta"]["mode"] in run.metrics["tta"]["val_accuracy"]
+    assert (run.directory / "curves.png").stat().st_size > 0
+    assert run.metrics["diagnosis"]["verdict"]
+    assert run.metrics["augment"]["preset"] == "light"
