@@ -55,13 +55,17 @@ class SnapshotSaver(keras.callbacks.Callback):
         directory: where the snapshots go, e.g. run_dir / "snapshots".
         cycle_epochs: epochs per cycle (the snapshot schedule's epochs / cycles).
         offset_epochs: epochs before the first cycle starts (warmup). Defaults to 0.
+        model: the model to save, when `fit` trains a wrapper around it (e.g. with augmentation
+            layers in front) that should not be part of the snapshots. Defaults to None: the
+            model being fit.
 
     Attributes:
         saved: the paths written, in order.
     """
 
-    def __init__(self, directory, cycle_epochs: int, offset_epochs: int = 0):
+    def __init__(self, directory, cycle_epochs: int, offset_epochs: int = 0, model=None):
         super().__init__()
+        self.model_to_save = model
         if int(cycle_epochs) < 1:
             raise FinetuneError(f"`cycle_epochs` must be at least 1. Received: cycle_epochs={cycle_epochs}")
         self.directory = Path(directory)
@@ -81,7 +85,8 @@ class SnapshotSaver(keras.callbacks.Callback):
         path = self.snapshot_path(finished // self.cycle_epochs)
         # A fresh functional model over the same layers: saved without the optimizer's state,
         # which would double or triple every snapshot file and is never needed for inference.
-        save_model_atomic(keras.Model(self.model.inputs, self.model.outputs, name=self.model.name), path)
+        model = self.model_to_save if self.model_to_save is not None else self.model
+        save_model_atomic(keras.Model(model.inputs, model.outputs, name=model.name), path)
         self.saved.append(path)
 
 

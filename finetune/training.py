@@ -416,7 +416,7 @@ def _finetune(model, backbone, spec, groups, config, train_split, val_split, wei
     snapshot_saver = None
     if config.snapshots >= 2:
         snapshot_saver = finetune_callbacks.SnapshotSaver(run_dir / "snapshots", (epochs - warmup_epochs) // config.snapshots,
-                                                          offset_epochs=warmup_epochs)
+                                                          offset_epochs=warmup_epochs, model=model)
         callbacks.append(snapshot_saver)
     else:
         callbacks.insert(1, keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True))

@@ -63,6 +63,19 @@ def test_snapshot_ensemble_fit_leaves_one_loadable_file_per_cycle(tmp_path):
     np.testing.assert_allclose(members[-1].predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6)
 
 
+def test_snapshot_saver_can_save_the_model_inside_a_training_wrapper(tmp_path):
+    model = tiny_model()
+    inputs = keras.Input((4,))
+    wrapper = keras.Model(inputs, model(keras.layers.GaussianNoise(0.1, name="augment")(inputs)))
+    saver = SnapshotSaver(tmp_path, cycle_epochs=1, model=model)
+    saver.set_model(wrapper)
+    saver.on_epoch_end(0, {})
+    saved = load_members(saver.saved)[0]
+    assert "augment" not in [layer.name for layer in saved.layers]
+    images, _ = tiny_data(4)
+    np.testing.assert_allclose(saved.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6)
+
+
 def test_snapshot_saver_rejects_empty_cycles(tmp_path):
     with pytest.raises(FinetuneError, match="cycle_epochs=0"):
         SnapshotSaver(tmp_path, cycle_epochs=0)
