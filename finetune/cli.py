@@ -75,7 +75,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     _add_schedule_arguments(parser)
     from augment.options import add_arguments as add_augment_arguments
 
-    add_augment_arguments(parser, default_preset="light")
+    add_augment_arguments(parser, default_preset="none")
     parser.add_argument("--patience", type=int, default=3, help="early-stopping patience in epochs (default: 3)")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="validation share when there is no val/ folder")
     parser.add_argument("--max-megapixels", type=float, default=89.0, help="skip larger images (decompression bombs)")

@@ -79,8 +79,9 @@ class TrainConfig:
     patience: int = 3
     # Augmentation while finetuning (heads are fit on features of the images as they are): a
     # preset of augment.options (none, light, standard, strong) and overrides of its options,
-    # e.g. {"mixup": 0.2}.
-    augment: str = "light"
+    # e.g. {"mixup": 0.2}. Off by default: measured here (benchmarks/results/augment_finetune.md,
+    # 30 images per class), every preset lost accuracy, and flips change the meaning of digits.
+    augment: str = "none"
     augment_options: dict = dataclasses.field(default_factory=dict)
     # Learning-rate schedule of finetuning (finetune.schedules): constant, step, exponential,
     # inverse_time, cosine, cyclic or snapshot, after `warmup_epochs` of warmup (linear,
