@@ -103,41 +103,35 @@ def fashion_mnist(per_class_train=30, per_class_val=10, test_per_class=100, seed
     return _finish(root)
 
 
-def digits(per_class_train=30, per_class_val=10, seed=0) -> Path:
-    from sklearn.datasets import load_digits
-
-    root = DATA_DIR / f"digits-{per_class_train}"
+def _labelled_arrays(name: str, images, labels, class_names, per_class_train, per_class_val, seed) -> Path:
+    """Writes in-memory uint8 images as train/val/test folders; test takes what is left of each class."""
+    root = DATA_DIR / f"{name}-{per_class_train}"
     if (root / ".complete").exists():
         return root
     shutil.rmtree(root, ignore_errors=True)
-    bunch = load_digits()
-    images = (bunch.images / 16.0 * 255).astype(np.uint8)
-    rng = np.random.default_rng(seed)
-    remaining = min(np.bincount(bunch.target)) - per_class_train - per_class_val
-    chosen = _take_per_class(bunch.target, {"train": per_class_train, "val": per_class_val, "test": remaining}, rng)
+    remaining = int(min(np.bincount(labels))) - per_class_train - per_class_val
+    counts = {"train": per_class_train, "val": per_class_val, "test": remaining}
+    chosen = _take_per_class(labels, counts, np.random.default_rng(seed))
     for split, indices in chosen.items():
         for index in indices:
-            _write(root, split, str(bunch.target[index]), index, images[index])
+            _write(root, split, class_names[labels[index]], index, images[index])
     return _finish(root)
+
+
+def digits(per_class_train=30, per_class_val=10, seed=0) -> Path:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = (bunch.images / 16.0 * 255).astype(np.uint8)
+    return _labelled_arrays("digits", images, bunch.target, [str(k) for k in range(10)], per_class_train, per_class_val, seed)
 
 
 def faces(per_class_train=30, per_class_val=10, seed=0) -> Path:
     import skimage.data
 
-    root = DATA_DIR / f"faces-{per_class_train}"
-    if (root / ".complete").exists():
-        return root
-    shutil.rmtree(root, ignore_errors=True)
-    images = skimage.data.lfw_subset()  # 100 faces then 100 non-faces, float in [0, 1]
+    images = (skimage.data.lfw_subset() * 255).astype(np.uint8)  # 100 faces then 100 non-faces
     labels = np.array([0] * 100 + [1] * 100)
-    images = (images * 255).astype(np.uint8)
-    rng = np.random.default_rng(seed)
-    remaining = 100 - per_class_train - per_class_val
-    chosen = _take_per_class(labels, {"train": per_class_train, "val": per_class_val, "test": remaining}, rng)
-    for split, indices in chosen.items():
-        for index in indices:
-            _write(root, split, ["face", "not_face"][labels[index]], index, images[index])
-    return _finish(root)
+    return _labelled_arrays("faces", images, labels, ["face", "not_face"], per_class_train, per_class_val, seed)
 
 
 BUILDERS = {"textures": textures, "fashion_mnist": fashion_mnist, "digits": digits, "faces": faces}
