@@ -13,7 +13,6 @@ import json
 import numpy as np
 
 from finetune.config import finetune_home
-from finetune.run import atomic_write_text
 
 
 def stage_feature_model(backbone, spec, image_size: int):
@@ -57,10 +56,3 @@ def stage_features(backbone, spec, images: np.ndarray, identity: dict, batch_siz
         temporary.replace(path)
     return outputs
 
-
-def clear_cache() -> None:
-    """Deletes every cached feature file (they are rebuilt on demand)."""
-    folder = finetune_home() / "features"
-    for path in folder.glob("*.npz") if folder.exists() else []:
-        path.unlink(missing_ok=True)
-    atomic_write_text(folder / "README", "Cached backbone features; safe to delete.\n")
