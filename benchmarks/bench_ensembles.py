@@ -48,6 +48,16 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+SETS = {
+    "textures": lambda: datasets.textures(),
+    "fashion_mnist": lambda: datasets.fashion_mnist(),
+    "digits": lambda: datasets.digits(),
+    # More data: finetuning moves further from the linear head, so its members can differ more.
+    "fashion_mnist_300": lambda: datasets.fashion_mnist(per_class_train=300, per_class_val=50),
+    "digits_100": lambda: datasets.digits(per_class_train=100, per_class_val=20),
+}
+
+
 def prepare(set_name: str, image_size: int, unfreeze_groups: int = 2) -> dict:
     """Loads the splits, caches the frozen part's output maps, fits the starting head."""
     import keras
@@ -57,7 +67,7 @@ def prepare(set_name: str, image_size: int, unfreeze_groups: int = 2) -> dict:
     from finetune.head import fit_linear_head
     from finetune.zoo import Preprocess, layers_of_group
 
-    data_dir = getattr(datasets, set_name)()
+    data_dir = SETS[set_name]()
     data = data_module.discover(str(data_dir), 0.2, 0)
     splits = {name: data_module.load_split(data, name, image_size, verbose=0) for name in ("train", "val", "test")}
     spec = zoo.get_spec(BACKBONE)
@@ -286,7 +296,7 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sets", nargs="+", default=["textures", "fashion_mnist"])
+    parser.add_argument("--sets", nargs="+", default=["textures", "fashion_mnist"], choices=list(SETS))
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--seeds", type=int, default=3)
@@ -295,6 +305,7 @@ def main() -> None:
     ])
     parser.add_argument("--quantise-sets", nargs="*", default=None, help="sets for the export trial (default: all)")
     parser.add_argument("--skip-guard", action="store_true")
+    parser.add_argument("--unfreeze-groups", type=int, default=2, help="top freeze groups finetuned (the rest is cached)")
     parser.add_argument("--name", default="ensembles", help="results file name under benchmarks/results/")
     arguments = parser.parse_args()
 
@@ -302,7 +313,7 @@ def main() -> None:
     started = time.time()
     with tempfile.TemporaryDirectory() as work:
         for set_name in arguments.sets:
-            context = prepare(set_name, arguments.image_size)
+            context = prepare(set_name, arguments.image_size, arguments.unfreeze_groups)
             for seed in range(arguments.seeds):
                 rows += run_arms(context, seed, arguments.epochs, arguments.arms)
             if not arguments.skip_guard:
@@ -311,7 +322,7 @@ def main() -> None:
                 export_rows += quantisation_trial(context, arguments.epochs, 3, 3.0, Path(work))
     summary = summarise(rows)
     notes = (
-        f"MobileNetV2 ({BACKBONE}, ImageNet), {arguments.image_size} px, top 2 freeze groups + head finetuned on cached "
+        f"MobileNetV2 ({BACKBONE}, ImageNet), {arguments.image_size} px, top {arguments.unfreeze_groups} freeze groups + head finetuned on cached "
         f"maps of the frozen part (no augmentation), head started from logistic regression on cached features, "
         f"Adam lr {LEARNING_RATE} (backbone x{BACKBONE_MULTIPLIER}), batch {BATCH_SIZE}, {arguments.epochs} epochs in total "
         f"per arm (independent_full: per member), {arguments.seeds} seeds. Total {time.time() - started:.0f} s.\n\n"

@@ -11,6 +11,7 @@ setting, at no more cost than that strategy.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -40,9 +41,13 @@ def run_one(data_dir: Path, strategy: str, arguments) -> dict:
             str(data_dir), strategy=strategy, backbone=arguments.backbone, image_size=arguments.image_size,
             epochs=arguments.epochs, patience=2, seed=arguments.seed, out=str(Path(out) / "run"), verbose=0,
             cache=False,  # every strategy pays its own decoding and features
+            tta="none",  # test-time crops are another question (bench_augment); single center view here
         )
+        policy = json.loads((run.directory / "policy.json").read_text())
+    head = run.metrics["stages"].get("head", {})
     return {"test_accuracy": float(run.metrics["test_accuracy"]), "seconds": round(time.time() - started, 1),
-            "used": run.config["strategy"]}
+            "used": run.config["strategy"], "head": " + ".join(head.get("stages", [])),
+            "score": policy["similarity"]["score"]}
 
 
 def main() -> None:
@@ -53,8 +58,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--backbone", default="mobilenet_v2_torchvision")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", default="policy", help="results file name under benchmarks/results/")
     arguments = parser.parse_args()
     rows = []
+    notes = (f"{arguments.backbone} at {arguments.image_size} px, ImageNet weights, finetuning strategies get up to "
+             f"{arguments.epochs} epochs with patience 2, seed {arguments.seed}. Caches of decoded images and features are "
+             "off, so every strategy pays its own decoding and forward passes; auto's time includes its measurements. "
+             "Single center view (no test-time augmentation). `head`: the stages the linear strategies' head uses; "
+             "`score`: the similarity score auto measured (top stage minus best lower stage, cross-validated accuracy).")
     for setting in arguments.settings:
         data_dir = SETTINGS[setting]()
         results = {}
@@ -69,17 +80,17 @@ def main() -> None:
                 "setting": setting,
                 "strategy": strategy if strategy != "auto" else f"auto -> {picked}",
                 "test_accuracy": result["test_accuracy"],
+                "head": result["head"] if strategy in ("auto", "linear", "multistage_linear") else "",
                 "seconds": result["seconds"],
                 "best": "yes" if strategy == best_strategy else "",
             })
         gap = results[best_strategy]["test_accuracy"] - results["auto"]["test_accuracy"]
         rows.append({"setting": setting, "strategy": "verdict",
                      "test_accuracy": f"auto {'within' if gap <= 0.01 else 'NOT within'} 1 point of best ({best_strategy}, gap {gap:+.3f})",
-                     "seconds": f"auto {results['auto']['seconds']} s vs best {results[best_strategy]['seconds']} s"})
-    notes = (f"{arguments.backbone} at {arguments.image_size} px, ImageNet weights, finetuning strategies get up to "
-             f"{arguments.epochs} epochs with patience 2, seed {arguments.seed}. Caches of decoded images and features are "
-             "off, so every strategy pays its own decoding and forward passes; auto's time includes its measurements.")
-    save_results("policy", rows, ["setting", "strategy", "test_accuracy", "seconds", "best"], notes)
+                     "seconds": f"auto {results['auto']['seconds']} s vs best {results[best_strategy]['seconds']} s",
+                     "head": f"score {results['auto']['score']:+.3f}"})
+        # Saved after every setting, so that an interrupted run keeps what it measured.
+        save_results(arguments.name, rows, ["setting", "strategy", "test_accuracy", "seconds", "best", "head"], notes)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ can least afford to overfit), with the median and the number of classes reported
 the data resembles ImageNet, the top stage's features separate its classes best; when it does
 not (digits, X-rays, 28-pixel clothing), the ImageNet-specific top loses information that the
 middle stages still carry, and a mid-stage beats the top. So we fit the same cheap classifier
-(multinomial logistic regression on standardised, globally pooled features, cross-validated on
-the training split) on every stage and compare:
+(multinomial logistic regression on standardised, globally pooled features, its strength chosen
+by 5-fold cross-validation on all labelled images, training and validation together, at most
+`search_max_per_class` per class; `finetune.stages`) on every stage and compare:
 
     similarity = accuracy(top stage) - max(accuracy(any lower stage))
 
@@ -31,6 +32,7 @@ classes rather than ImageNet's. Both come from features computed once and cached
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 
 import numpy as np
@@ -73,38 +75,31 @@ def measure_size(labels: np.ndarray, num_classes: int) -> dict:
     }
 
 
-def cross_validated_accuracy(features: np.ndarray, labels: np.ndarray, seed: int = 0, folds: int = 3) -> float:
-    """Mean accuracy of logistic regression on standardised features, stratified k-fold."""
-    from sklearn.model_selection import StratifiedKFold
+def measure_similarity(stage_features: list[np.ndarray] | None, labels, endpoints, seed: int = 0,
+                       imagenet_confidence: float | None = None, search=None) -> dict:
+    """Cross-validated linear accuracy of every stage; the score is the top's minus the best lower one's.
 
-    from finetune.head import fit_linear_head
+    `search` is a `finetune.stages.StageSearch` already run on these features (training runs
+    one anyway); without it the single-stage part of one is run here.
+    """
+    from finetune.stages import search_stage_heads
 
     labels = np.asarray(labels)
-    num_classes = int(labels.max()) + 1
-    folds = max(2, min(folds, int(np.bincount(labels).min())))
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    scores = []
-    for train_index, test_index in splitter.split(features, labels):
-        head = fit_linear_head(features[train_index], labels[train_index], num_classes, c_grid=(1.0,), seed=seed, max_iter=300)
-        scores.append(float((head.probabilities(features[test_index]).argmax(1) == labels[test_index]).mean()))
-    return float(np.mean(scores))
-
-
-def measure_similarity(stage_features: list[np.ndarray], labels, endpoints, seed: int = 0,
-                       imagenet_confidence: float | None = None) -> dict:
-    labels = np.asarray(labels)
-    if np.bincount(labels).min() < 2:
-        accuracies = [float("nan")] * len(stage_features)
-    else:
-        accuracies = [cross_validated_accuracy(features, labels, seed) for features in stage_features]
+    if search is None:
+        search = search_stage_heads(stage_features, labels, int(labels.max()) + 1, endpoints, max_average=1, seed=seed)
+    singles = [search.single(index) for index in range(len(endpoints))]
+    accuracies = [item.cv_accuracy for item in singles]
     top, lower = accuracies[-1], accuracies[:-1]
-    best_lower = max(lower) if lower else top
+    best_lower = max(lower) if lower and not math.isnan(top) else top
     return {
         "stage_accuracies": dict(zip(endpoints, accuracies)),
+        "stage_losses": {item.name: item.cv_loss for item in singles},
         "top_accuracy": top,
         "best_lower_accuracy": best_lower,
         "best_lower_stage": endpoints[int(np.argmax(lower))] if lower else endpoints[-1],
         "score": top - best_lower,
+        "folds": search.folds,
+        "images": search.images,
         "imagenet_confidence": imagenet_confidence,
         "chance": 1.0 / max(1, int(labels.max()) + 1),
     }
@@ -195,19 +190,27 @@ def imagenet_confidence(spec, weights_source: str, top_features: np.ndarray) -> 
     return float(probabilities.max(axis=1).mean())
 
 
-def measure_policy(spec, weights_source, train_features, train_labels, num_classes, thresholds=None, seed=0) -> dict:
-    """The decision from stage features already computed (as training has them)."""
+def measure_policy(spec, weights_source, search, top_features, train_labels, num_classes, thresholds=None) -> dict:
+    """The decision from a stage search already run (as training runs one) and the training labels."""
     similarity = measure_similarity(
-        train_features, train_labels, list(spec.stage_endpoints), seed=seed,
-        imagenet_confidence=imagenet_confidence(spec, weights_source, train_features[-1]),
+        None, train_labels, list(spec.stage_endpoints), search=search,
+        imagenet_confidence=imagenet_confidence(spec, weights_source, top_features),
     )
     return decide(measure_size(train_labels, num_classes), similarity, thresholds)
+
+
+def labelled_pool(train_features, train_labels, val_features=None, val_labels=None):
+    """Every labelled image's stage features and labels: training and validation together."""
+    if val_features is None or val_labels is None or len(val_labels) == 0:
+        return list(train_features), np.asarray(train_labels)
+    features = [np.concatenate([train, val], axis=0) for train, val in zip(train_features, val_features)]
+    return features, np.concatenate([np.asarray(train_labels), np.asarray(val_labels)])
 
 
 def measure(data_dir: str, backbone: str = "mobilenet_v2_torchvision", weights: str = "imagenet", alpha=None,
             image_size=None, batch_size: int = 32, val_fraction: float = 0.2, seed: int = 0,
             thresholds=None, verbose: int = 0) -> dict:
-    """`finetune policy DATA_DIR`: measures size and similarity on the training split and decides.
+    """`finetune policy DATA_DIR`: measures size (training split) and similarity (all labelled images) and decides.
 
     Features are cached, so a `finetune train` on the same data afterwards does not compute
     them again.
@@ -215,14 +218,23 @@ def measure(data_dir: str, backbone: str = "mobilenet_v2_torchvision", weights: 
     from finetune import data as data_module
     from finetune import zoo
     from finetune.features import stage_features
+    from finetune.stages import search_stage_heads
 
+    thresholds = thresholds or PolicyThresholds()
     spec = zoo.get_spec(backbone)
     image_size = image_size or spec.default_image_size
     source = data_module.discover(data_dir, val_fraction, seed)
-    train = data_module.load_split(source, "train", image_size, verbose=verbose)
     network, weights_source = zoo.build_backbone_with_source(spec, image_size=image_size, weights=weights, alpha=alpha)
     identity = {"backbone": spec.name, "weights": weights_source, "alpha": alpha}
-    features = stage_features(network, spec, train.images, identity, batch_size, verbose)
-    policy = measure_policy(spec, weights_source, features, train.labels, len(source.class_names), thresholds, seed)
+    splits = {}
+    for name in ("train", "val"):
+        if name in source.splits and len(source.splits[name].paths):
+            split = data_module.load_split(source, name, image_size, verbose=verbose)
+            splits[name] = (stage_features(network, spec, split.images, identity, batch_size, verbose), split.labels)
+    train_features, train_labels = splits["train"]
+    features, labels = labelled_pool(train_features, train_labels, *splits.get("val", (None, None)))
+    search = search_stage_heads(features, labels, len(source.class_names), list(spec.stage_endpoints), max_average=1,
+                                max_per_class=thresholds.search_max_per_class, seed=seed)
+    policy = measure_policy(spec, weights_source, search, train_features[-1], train_labels, len(source.class_names), thresholds)
     policy.update(backbone=spec.name, image_size=image_size, data=str(data_dir))
     return policy

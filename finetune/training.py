@@ -1,11 +1,12 @@
 """Training a classifier on a folder of images, with the strategy the transfer policy picks.
 
 Every strategy starts the same way, fastai's `fine_tune` in Keras terms: the backbone is frozen
-and a head is fit to convergence on features computed once (`finetune.features`,
-`finetune.head`). Then, by strategy (`finetune.policy`):
-    linear             that head is the model;
-    multistage_linear  heads on the features of several stages (and their concatenation), the
-                       best on validation data wins, and the backbone is cut after its stage;
+and heads are fit to convergence on features computed once (`finetune.features`,
+`finetune.head`), scored by cross-validation on every labelled image (`finetune.stages`).
+Then, by strategy (`finetune.policy`):
+    linear             the top stage's head is the model;
+    multistage_linear  the best of heads on single stages, means of 2-3 of them and the
+                       concatenation of all, and the backbone is cut after the stages it uses;
     finetune_top/most  the top freeze groups are unfrozen (few or many) and trained at a lower
                        rate than the head, with early stopping that restores the best weights;
     full               every group is unfrozen.
@@ -122,7 +123,8 @@ def train(config: TrainConfig):
     from finetune import zoo
     from finetune.features import stage_features
     from finetune.metrics import classification_metrics
-    from finetune.policy import STRATEGIES, groups_to_unfreeze, measure_policy
+    from finetune.policy import STRATEGIES, groups_to_unfreeze, labelled_pool, measure_policy
+    from finetune.stages import search_stage_heads
 
     check_choice("strategy", config.strategy, STRATEGIES)
     if config.epochs < 0:
@@ -170,17 +172,23 @@ def train(config: TrainConfig):
         return stage_features(backbone, spec, split.images, identity, config.batch_size, predict_verbose, config.data.cache)
 
     train_features, val_features = features_of(train_split), features_of(val_split)
-    policy = measure_policy(spec, weights_source, train_features, train_split.labels, num_classes, config.policy, config.seed)
+    # One cross-validated search over the stages' heads serves the policy (how the top stage
+    # compares with lower ones) and the linear strategies (which head to keep).
+    labelled = labelled_pool(train_features, train_split.labels, val_features, None if val_split is None else val_split.labels)
+    search = search_stage_heads(*labelled, num_classes, list(spec.stage_endpoints), c_grid=config.head_c_grid,
+                                max_per_class=config.policy.search_max_per_class, class_weight=weights_by_class, seed=config.seed)
+    policy = measure_policy(spec, weights_source, search, train_features[-1], train_split.labels, num_classes, config.policy)
     policy["requested"] = config.strategy
     strategy = policy["strategy"] if config.strategy == "auto" else config.strategy
     policy["used"] = strategy
     run_files.atomic_write_json(run_dir / "policy.json", policy)
     _log(config, f"Strategy: {strategy}" + (" (picked by the policy: " + policy["reasons"][-1] + ")" if config.strategy == "auto" else " (requested)"))
 
-    fit_head = _head_fitter(train_split, val_split, num_classes, weights_by_class, config)
-    if strategy == "multistage_linear":
-        model, stages, head_history = _multistage(backbone, spec, image_size, num_classes, train_features, val_features, fit_head, config)
+    if strategy in ("linear", "multistage_linear"):
+        model, stages, head_history = _linear(strategy, backbone, spec, image_size, num_classes, search, labelled,
+                                              train_features, val_features, weights_by_class, config)
     else:
+        fit_head = _head_fitter(train_split, val_split, num_classes, weights_by_class, config)
         model = build_classifier(backbone, spec.preprocessing, num_classes, image_size, config.model.dropout)
         head = fit_head(train_features[-1], None if val_features is None else val_features[-1])
         model.get_layer("classifier").set_weights([head.kernel, head.bias])
@@ -221,6 +229,9 @@ def train(config: TrainConfig):
         if split is not None:
             probabilities = model.predict(split.images.astype(np.float32), batch_size=config.batch_size, verbose=0)
             metrics[name] = classification_metrics(split.labels, probabilities, data.class_names)
+    if "val" in metrics:
+        # A linear head fit on training and validation images has seen the validation split.
+        metrics["val"]["held_out"] = not stages.get("head", {}).get("fit_on", "train").endswith("val")
     snapshots = stages.get("finetune", {}).get("snapshots")
     if snapshots:
         metrics["snapshots"] = _evaluate_snapshots(snapshots, val_split, test_split, config.batch_size)
@@ -325,34 +336,48 @@ def _write_head_history(path, head, train_features, train_labels, val_features, 
     run_files.atomic_write_text(path, header + "\n" + ",".join(row) + "\n")
 
 
-def _multistage(backbone, spec, image_size, num_classes, train_features, val_features, fit_head, config):
-    """Linear heads on each stage's features and on all of them concatenated; the best on validation wins.
+def _linear(strategy, backbone, spec, image_size, num_classes, search, labelled, train_features, val_features,
+            weights_by_class, config):
+    """linear: the top stage's head; multistage_linear: the search's best head (the concatenation scored too).
 
-    Ties in accuracy go to the lower validation loss, then to single stages before the concatenation.
+    The chosen head is fit on every labelled image when `config.linear_fit_on_val` (its
+    cross-validated accuracy is then the honest estimate), else on the training split.
     """
-    candidates = [(f"stage {index}: {endpoint}", [index]) for index, endpoint in enumerate(spec.stage_endpoints)]
-    candidates.append(("all stages concatenated", list(range(len(spec.stage_endpoints)))))
-    results = []
-    for name, indices in candidates:
-        train_input = np.concatenate([train_features[index] for index in indices], axis=1)
-        val_input = None if val_features is None else np.concatenate([val_features[index] for index in indices], axis=1)
-        head = fit_head(train_input, val_input)
-        results.append((name, indices, head))
-        _log(config, f"  {name}: validation accuracy {head.val_accuracy}")
-    best_name, best_indices, best_head = max(results, key=lambda item: (item[2].val_accuracy or 0.0, -_val_loss(item[2]), -len(item[1])))
-    model = build_classifier(truncated_backbone(backbone, spec, best_indices), spec.preprocessing, num_classes, image_size, config.model.dropout)
-    model.get_layer("classifier").set_weights([best_head.kernel, best_head.bias])
-    _log(config, f"Kept {best_name}.")
-    chosen_train = np.concatenate([train_features[index] for index in best_indices], axis=1)
-    chosen_val = None if val_features is None else np.concatenate([val_features[index] for index in best_indices], axis=1)
-    history = (best_head, chosen_train, chosen_val)
-    return model, {
-        "multistage": {
-            "candidates": [{"name": name, "stages": indices, "c": head.c, "val_accuracy": head.val_accuracy} for name, indices, head in results],
-            "chosen": best_name,
-            "chosen_stages": [spec.stage_endpoints[index] for index in best_indices],
+    from finetune.stages import add_concatenation, fit_candidate
+
+    if strategy == "multistage_linear":
+        add_concatenation(search, *labelled, num_classes, config.head_c_grid, config.policy.search_max_per_class,
+                          weights_by_class, config.seed)
+        candidate = search.best
+    else:
+        candidate = search.top
+    fit_on_val = config.linear_fit_on_val and val_features is not None
+    features, labels = labelled if fit_on_val else (train_features, labelled[1][: len(train_features[0])])
+    head = fit_candidate(candidate, features, labels, num_classes, weights_by_class, config.seed)
+    indices = list(candidate.stages)
+    network = backbone if strategy == "linear" else truncated_backbone(backbone, spec, indices)
+    model = build_classifier(network, spec.preprocessing, num_classes, image_size, config.model.dropout)
+    model.get_layer("classifier").set_weights([head.kernel, head.bias])
+    for item in search.candidates[:5]:
+        _log(config, f"  {item.name}: cross-validated accuracy {item.cv_accuracy:.3f}, loss {item.cv_loss:.3f}")
+    _log(config, f"Kept {candidate.name} (C={head.c}), fit on {'training and validation' if fit_on_val else 'training'} images.")
+    stages = {
+        "head": {"c": head.c, "stages": [spec.stage_endpoints[index] for index in indices], "kind": candidate.kind,
+                 "cv_accuracy": candidate.cv_accuracy, "cv_loss": candidate.cv_loss,
+                 "fit_on": "train+val" if fit_on_val else "train"},
+        "search": search.to_dict(),
+    }
+    if strategy == "multistage_linear":
+        stages["multistage"] = {
+            "candidates": [item.to_dict() for item in search.candidates],
+            "chosen": candidate.name,
+            "chosen_stages": [spec.stage_endpoints[index] for index in indices],
         }
-    }, history
+
+    def joined(split_features):
+        return None if split_features is None else np.concatenate([split_features[index] for index in indices], axis=1)
+
+    return model, stages, (head, joined(train_features), joined(val_features))
 
 
 def _finetune(model, backbone, spec, groups, config, train_split, val_split, weights_by_class, run_dir, head):
