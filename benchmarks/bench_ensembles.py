@@ -12,6 +12,9 @@ At the same total epochs E, per seed:
                     the ensemble of the M end-of-cycle snapshots (the last one is the final model)
     head            the logistic-regression head on frozen features alone (stage 1 of training)
     X+head          arm X with that head as one more member (a different kind of model, for free)
+    stagehead       the head of finetune's linear strategies: the best of heads on single stages and
+                    means of 2-3 of them, chosen by cross-validation on train+val (finetune.stages)
+    X+stagehead     arm X with the stage head as one more member
     independent M   M models with different seeds and data orders, E/M epochs each (same budget)
     independent full M models of E epochs each (M x the budget: the upper bound)
     bagged M        as independent M, each on a bootstrap sample of the training set (cheap diversity)
@@ -87,9 +90,26 @@ def prepare(set_name: str, image_size: int, unfreeze_groups: int = 2) -> dict:
     head = fit_linear_head(pooled["train"], labels["train"], len(data.class_names), pooled["val"], labels["val"])
     return {
         "head_test": head.probabilities(np.asarray(pooled["test"], dtype=np.float64)),
+        "stagehead_test": stage_head_probabilities(backbone, spec, splits, labels, len(data.class_names)),
         "name": set_name, "data_dir": data_dir, "class_names": data.class_names, "image_size": image_size,
         "maps": maps, "labels": labels, "top": top, "frozen": frozen, "head": head, "spec": spec,
     }
+
+
+def stage_head_probabilities(backbone, spec, splits, labels, num_classes):
+    """Test probabilities of the multi-stage linear head finetune's linear strategies fit (stage 1 of training)."""
+    from finetune.features import stage_features
+    from finetune.policy import labelled_pool
+    from finetune.stages import add_concatenation, fit_candidate, search_stage_heads
+
+    features = {name: stage_features(backbone, spec, split.images, {"backbone": spec.name, "bench": "ensembles"}, cache=False)
+                for name, split in splits.items()}
+    pool = labelled_pool(features["train"], labels["train"], features["val"], labels["val"])
+    search = add_concatenation(search_stage_heads(*pool, num_classes, list(spec.stage_endpoints)), *pool, num_classes)
+    head = fit_candidate(search.best, *pool, num_classes)
+    test = np.concatenate([features["test"][index] for index in search.best.stages], axis=1)
+    log(f"  stage head: {search.best.name}, cross-validated accuracy {search.best.cv_accuracy:.3f}")
+    return head.probabilities(np.asarray(test, dtype=np.float64))
 
 
 def make_model(context: dict, seed: int):
@@ -202,9 +222,15 @@ def run_arms(context: dict, seed: int, epochs: int, arms: list[str]) -> list[dic
 
     for arm in arms:
         started = time.time()
-        # "+head": the linear head on frozen features (stage 1, already computed) joins as a member.
-        base, plus_head = (arm[: -len("+head")], True) if arm.endswith("+head") else (arm, arm == "head")
-        members = members_for(base) + ([context["head_test"]] if plus_head else [])
+        # "+head": the linear head on frozen top features (stage 1, already computed) joins as a member;
+        # "+stagehead": the multi-stage linear head (the best of finetune.stages' search) does.
+        base, extra = arm, []
+        for suffix, key in (("+stagehead", "stagehead_test"), ("+head", "head_test")):
+            if arm.endswith(suffix):
+                base, extra = arm[: -len(suffix)], [context[key]]
+        if base in ("head", "stagehead"):
+            base, extra = "none", [context[f"{base}_test"]]
+        members = (members_for(base) if base != "none" else []) + extra
         row(arm, members, time.time() - started)
     return rows
 

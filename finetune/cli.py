@@ -216,8 +216,12 @@ def _train_config(arguments, source: str):
 def _print_train_summary(run) -> None:
     metrics = run.metrics
     print(f"Run saved in {run.directory}")
+    if metrics.get("cv_accuracy") is not None:
+        print(f"Cross-validated accuracy: {metrics['cv_accuracy']:.4f} (how the chosen head scored on held-out folds)")
     if metrics.get("val_accuracy") is not None:
-        print(f"Validation accuracy: {metrics['val_accuracy']:.4f}")
+        held_out = (metrics.get("val") or {}).get("held_out", True)
+        print(f"Validation accuracy: {metrics['val_accuracy']:.4f}"
+              + ("" if held_out else " (not held out: the final head was fit on these images too)"))
     if metrics.get("test_accuracy") is not None:
         print(f"Test accuracy: {metrics['test_accuracy']:.4f}")
     if metrics.get("num_skipped"):

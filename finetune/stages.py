@@ -45,7 +45,11 @@ class Candidate:
     cv_loss: float
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """As JSON: unscored values (nan) become None."""
+        values = dataclasses.asdict(self)
+        for key in ("cv_accuracy", "cv_loss"):
+            values[key] = None if math.isnan(values[key]) else values[key]
+        return values
 
 
 @dataclasses.dataclass

@@ -69,8 +69,13 @@ def freeze_batch_norm(backbone) -> None:
             layer.trainable = False
 
 
-def unfreeze_top_groups(backbone, spec, count: int) -> list[str]:
-    """Makes the top `count` freeze groups trainable and everything else frozen; returns their layers."""
+def unfreeze_top_groups(backbone, spec, count: int, pretrained: bool = True) -> list[str]:
+    """Makes the top `count` freeze groups trainable and everything else frozen; returns their layers.
+
+    BatchNorm layers stay frozen (inference mode) when the backbone is pretrained. A backbone
+    trained from scratch (`weights="none"`) has no statistics worth keeping, and without
+    normalisation a deep network barely trains: its BatchNorm layers in unfrozen groups train.
+    """
     from finetune.zoo import layers_of_group
 
     backbone.trainable = True
@@ -81,8 +86,26 @@ def unfreeze_top_groups(backbone, spec, count: int) -> list[str]:
         for layer in layers_of_group(backbone, spec, group_index):
             layer.trainable = True
             unfrozen.append(layer.name)
-    freeze_batch_norm(backbone)
+    if pretrained:
+        freeze_batch_norm(backbone)
+    else:
+        track_batch_statistics(backbone)
     return unfrozen
+
+
+def track_batch_statistics(backbone, momentum: float = 0.9) -> None:
+    """Lowers BatchNorm momentum so the moving statistics follow a network trained from scratch.
+
+    keras.applications' MobileNets use momentum 0.999: the moving averages keep most of their
+    initial values (mean 0, variance 1) for thousands of steps, so a network trained from scratch
+    for a few epochs is right in training mode and at chance in inference mode (measured here:
+    0.81 training accuracy, 0.10 validation), the course's train-vs-test BatchNorm pitfall.
+    """
+    import keras
+
+    for layer in backbone._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = min(layer.momentum, momentum)
 
 
 def truncated_backbone(backbone, spec, stage_indices):
@@ -242,6 +265,7 @@ def train(config: TrainConfig):
     metrics["augment"] = stages.get("finetune", {}).get("augment")
     metrics.update(_curves(run_dir, config))
     metrics["val_accuracy"] = metrics["val"]["accuracy"] if "val" in metrics else None
+    metrics["cv_accuracy"] = stages.get("head", {}).get("cv_accuracy")
     metrics["test_accuracy"] = metrics["test"]["accuracy"] if "test" in metrics else None
     metrics["class_weights"] = resolved["class_weights"]
     metrics["num_skipped"] = len(skipped)
@@ -359,11 +383,11 @@ def _linear(strategy, backbone, spec, image_size, num_classes, search, labelled,
     model = build_classifier(network, spec.preprocessing, num_classes, image_size, config.model.dropout)
     model.get_layer("classifier").set_weights([head.kernel, head.bias])
     for item in search.candidates[:5]:
-        _log(config, f"  {item.name}: cross-validated accuracy {item.cv_accuracy:.3f}, loss {item.cv_loss:.3f}")
+        _log(config, f"  {item.name}: cross-validated accuracy {item.cv_accuracy:.3f}, log loss {item.cv_loss:.3f}")
     _log(config, f"Kept {candidate.name} (C={head.c}), fit on {'training and validation' if fit_on_val else 'training'} images.")
     stages = {
         "head": {"c": head.c, "stages": [spec.stage_endpoints[index] for index in indices], "kind": candidate.kind,
-                 "cv_accuracy": candidate.cv_accuracy, "cv_loss": candidate.cv_loss,
+                 "cv_accuracy": head.val_accuracy, "cv_loss": candidate.to_dict()["cv_loss"],
                  "fit_on": "train+val" if fit_on_val else "train"},
         "search": search.to_dict(),
     }
@@ -392,7 +416,10 @@ def _finetune(model, backbone, spec, groups, config, train_split, val_split, wei
     from finetune.schedules import build_schedule
 
     num_classes = int(model.output_shape[-1])
-    unfrozen = unfreeze_top_groups(backbone, spec, groups)
+    # From scratch (weights "none") nothing is worth protecting: BatchNorm trains, and the backbone
+    # learns at the head's rate.
+    pretrained = str(config.model.weights).lower() != "none"
+    unfrozen = unfreeze_top_groups(backbone, spec, groups, pretrained=pretrained)
     options = augment.resolve(config.augment, **config.augment_options)
     augmenter = augment.build_augmenter(options, seed=config.seed)
     in_model = augmenter is not None and options.placement == "model"
@@ -422,7 +449,7 @@ def _finetune(model, backbone, spec, groups, config, train_split, val_split, wei
     fit_model.compile(
         optimizer=DiscriminativeAdam(
             slow_variables=backbone.trainable_variables,
-            slow_multiplier=config.backbone_learning_rate_multiplier,
+            slow_multiplier=config.backbone_learning_rate_multiplier if pretrained else 1.0,
             learning_rate=schedule,
         ),
         loss=loss,

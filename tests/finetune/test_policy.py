@@ -90,6 +90,9 @@ def test_multistage_linear_saves_a_truncated_backbone(tmp_path):
     # Every stage alone, every mean of 2 or 3 of them, and the concatenation.
     assert len(chosen["candidates"]) == stages + math.comb(stages, 2) + math.comb(stages, 3) + 1
     assert chosen["chosen"] == chosen["candidates"][0]["name"]
+    # The chosen head was refit on training + validation images: the validation split is not held out.
+    assert run.metrics["stages"]["head"]["fit_on"] == "train+val" and run.metrics["val"]["held_out"] is False
+    assert run.metrics["cv_accuracy"] == chosen["candidates"][0]["cv_accuracy"]
     assert [item["cv_loss"] for item in chosen["candidates"]] == sorted(item["cv_loss"] for item in chosen["candidates"])
     assert run.config["strategy"] == "multistage_linear"
     model = keras.saving.load_model(run.directory / "model.keras", safe_mode=True)
@@ -115,3 +118,21 @@ def test_policy_command_json(tmp_path, capsys):
 def test_unknown_strategy_is_a_clear_error(image_folder):
     with pytest.raises(FinetuneError, match="strategy"):
         finetune.train(image_folder, strategy="finetune_everything", **TINY)
+
+
+def test_linear_head_can_keep_the_validation_split_held_out(tmp_path):
+    data = write_image_folder(tmp_path / "data", classes=("a", "b"), per_class=8)
+    run = finetune.train(data, out=str(tmp_path / "run"), strategy="linear", linear_fit_on_val=False, **TINY)
+    assert run.metrics["stages"]["head"]["fit_on"] == "train" and run.metrics["val"]["held_out"] is True
+    assert run.metrics["stages"]["head"]["stages"] == [get_spec("mobilenet_v2").stage_endpoints[-1]]
+
+
+def test_from_scratch_batch_norm_trains_and_tracks_its_statistics():
+    spec = get_spec("mobilenet_v2")
+    backbone = build_backbone(spec, image_size=48, weights="none", alpha=0.35)
+    unfreeze_top_groups(backbone, spec, len(spec.freeze_groups), pretrained=False)
+    batch_norms = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert batch_norms and all(layer.trainable_weights for layer in batch_norms)
+    # keras.applications' 0.999 would leave the moving statistics at their initial values for
+    # thousands of steps: chance accuracy in inference mode after a short training.
+    assert all(layer.momentum <= 0.9 for layer in batch_norms)
