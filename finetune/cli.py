@@ -20,6 +20,7 @@ import os
 import sys
 from pathlib import Path
 
+from finetune.config import PolicyConfig
 from finetune.errors import FinetuneError
 
 SAMPLE_DIR = Path(__file__).parent / "sample_data" / "textures"
@@ -29,10 +30,13 @@ STRATEGY_CHOICES = ("auto", "linear", "finetune_top", "finetune_most", "multista
 
 
 def _add_policy_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--lots-per-class", type=int, default=100,
-                        help="policy: a smallest class with at least this many training images is 'quite a lot' (default: 100)")
-    parser.add_argument("--similarity-margin", type=float, default=0.02,
-                        help="policy: the top stage within this accuracy of the best lower stage means 'similar' (default: 0.02)")
+    defaults = PolicyConfig()
+    parser.add_argument("--lots-per-class", type=int, default=defaults.lots_per_class,
+                        help="policy: a smallest class with at least this many training images is 'quite a lot' "
+                             f"(default: {defaults.lots_per_class})")
+    parser.add_argument("--similarity-margin", type=float, default=defaults.similarity_margin,
+                        help="policy: the top stage within this cross-validated accuracy of the best lower stage means "
+                             f"'similar' (default: {defaults.similarity_margin})")
 
 
 def _add_schedule_arguments(parser: argparse.ArgumentParser) -> None:
