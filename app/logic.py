@@ -95,6 +95,7 @@ class ModelEntry:
     tta: str | None = None  # an export's built-in TTA mode
     recorded_tta: str = "none"  # the mode training chose on validation data: what `finetune predict` uses
     format: str = "keras"
+    accuracy_kind: str = "Validation accuracy"  # or "Cross-validated accuracy" (a head fit on the validation split)
 
 
 def find_models(models_dir) -> tuple[list[ModelEntry], list[dict]]:
@@ -154,6 +155,10 @@ def describe(run, path) -> ModelEntry:
     accuracy = metrics.get("val_accuracy")
     if accuracy is None and isinstance(metrics.get("val"), dict):
         accuracy = metrics["val"].get("accuracy")
+    accuracy_kind = "Validation accuracy"
+    if isinstance(metrics.get("val"), dict) and metrics["val"].get("held_out") is False and metrics.get("cv_accuracy") is not None:
+        # The head was fit on the validation images too: the cross-validated figure is the honest one.
+        accuracy, accuracy_kind = metrics["cv_accuracy"], "Cross-validated accuracy"
     return ModelEntry(
         path=str(directory),
         name=directory.name,
@@ -164,6 +169,7 @@ def describe(run, path) -> ModelEntry:
         strategy=_text(metrics.get("strategy") or config.get("strategy")),
         members=(),
         accuracy=float(accuracy) if accuracy is not None else None,
+        accuracy_kind=accuracy_kind,
         date=_date(config.get("created"), modified),
         modified=modified,
         tta=None,

@@ -76,7 +76,7 @@ def model_picker_ui(models_dir: Path) -> logic.ModelEntry | None:
         facts.append(f"**Format**: {entry.format}" + (f", TTA {entry.tta} inside" if entry.tta else ""))
     accuracy = f"{entry.accuracy:.1%}" if entry.accuracy is not None else "not recorded"
     facts += [
-        f"**Validation accuracy**: {accuracy}",
+        f"**{entry.accuracy_kind}**: {accuracy}",
         f"**{'Trained' if entry.kind == 'run' else 'Exported'}**: {entry.date or 'unknown'}",
         f"**Input**: {entry.image_size} px",
     ]

@@ -215,3 +215,15 @@ def test_tta_starts_at_the_mode_training_chose(tmp_path, monkeypatch):
     assert tta_selector(app).value == "flip"
     upload(app, ("tomato.png", image_bytes("red"), "image/png"))
     assert table(app)["tomato.png"]["tta"] == "flip"
+
+
+def test_a_run_whose_head_saw_the_validation_split_shows_its_cross_validated_accuracy(tmp_path):
+    import finetune
+
+    directory = write_colour_run(tmp_path / "linear-run", val_accuracy=1.0)
+    (directory / "metrics.json").write_text(json.dumps({"val_accuracy": 1.0, "val": {"accuracy": 1.0, "held_out": False},
+                                                        "cv_accuracy": 0.9}))
+    entry = logic.describe(finetune.load_run(directory), directory)
+    assert (entry.accuracy_kind, entry.accuracy) == ("Cross-validated accuracy", 0.9)
+    held_out = logic.describe(finetune.load_run(write_colour_run(tmp_path / "other")), tmp_path / "other")
+    assert (held_out.accuracy_kind, held_out.accuracy) == ("Validation accuracy", 0.75)
