@@ -108,3 +108,28 @@ def test_snapshots_tta_and_curves_are_recorded(tmp_path):
     assert (run.directory / "curves.png").stat().st_size > 0
     assert run.metrics["diagnosis"]["verdict"]
     assert run.metrics["augment"]["preset"] == "light"
+
+
+@pytest.mark.parametrize("rival_accuracy, replaced", [(2.0, True), (-1.0, False)])
+def test_finetuning_that_loses_to_the_best_linear_head_keeps_the_linear_head(tmp_path, monkeypatch, rival_accuracy, replaced):
+    from finetune import training
+
+    scored = []
+
+    def rival(search, *arguments):
+        result = {"name": search.best.name, "stages": [search.endpoints[i] for i in search.best.stages], "val_accuracy": rival_accuracy}
+        scored.append(result)
+        return result
+
+    monkeypatch.setattr(training, "_linear_rival", rival)
+    data = write_image_folder(tmp_path / "data", classes=("a", "b"), per_class=8)
+    run = finetune.train(data, out=str(tmp_path / "run"), epochs=1, strategy="finetune_top", **TINY)
+    finetuned = run.metrics["stages"]["finetune"]
+    assert finetuned["linear_rival"] == scored[0]
+    assert ("multistage" in run.metrics["stages"]) is replaced and finetuned.get("replaced_by") == ("multistage_linear" if replaced else None)
+    if replaced:
+        assert finetuned["kept"] is False and run.metrics["val"]["held_out"] is False
+        assert run.metrics["stages"]["head"]["stages"] == run.metrics["stages"]["multistage"]["chosen_stages"]
+        reloaded = keras.saving.load_model(run.directory / "model.keras", safe_mode=True)
+        images = np.random.default_rng(0).uniform(0, 255, (2, 48, 48, 3)).astype("float32")
+        np.testing.assert_allclose(reloaded.predict(images, verbose=0), run.model.predict(images, verbose=0), atol=1e-6)
