@@ -110,6 +110,7 @@ def test_snapshots_tta_and_curves_are_recorded(tmp_path):
     assert run.metrics["augment"]["preset"] == "light"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rival_accuracy, replaced", [(2.0, True), (-1.0, False)])
 def test_finetuning_that_loses_to_the_best_linear_head_keeps_the_linear_head(tmp_path, monkeypatch, rival_accuracy, replaced):
     from finetune import training
