@@ -60,13 +60,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=16, help="1 warmup epoch + cycles x epochs per cycle")
     parser.add_argument("--cycles", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--learning-rate", type=float, default=3e-3)
+    parser.add_argument("--name", default="snapshots_scratch", help="results file name under benchmarks/results/")
     arguments = parser.parse_args()
     rows, summary = [], []
     for set_name in arguments.sets:
         data_dir = SETS[set_name]()
         singles, ensembles = [], []
-        for seed in range(arguments.seeds):
+        for seed in range(arguments.first_seed, arguments.first_seed + arguments.seeds):
             single = train(data_dir, arguments, seed, 0)
             snapshot = train(data_dir, arguments, seed, arguments.cycles)
             singles.append(single["single_or_last"])
@@ -82,7 +84,7 @@ def main() -> None:
                  f"{arguments.epochs} epochs in total per arm, Adam lr {arguments.learning_rate}, batch 32, no augmentation, "
                  f"BatchNorm training (momentum 0.9). Per seed:\n\n"
                  + markdown_table(rows, ["data", "seed", "arm", "test_accuracy", "members", "disagreement", "seconds"]))
-        save_results("snapshots_scratch", summary, ["data", "seeds", "single", f"snapshot_M{arguments.cycles}", "gain_points"], notes)
+        save_results(arguments.name, summary, ["data", "seeds", "single", f"snapshot_M{arguments.cycles}", "gain_points"], notes)
 
 
 if __name__ == "__main__":
