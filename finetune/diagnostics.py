@@ -63,7 +63,7 @@ class ModelRecipe:
         backbone = zoo.build_backbone(spec, image_size=image_size, weights=self.weights, alpha=self.alpha)
         # Regularisation off (dropout 0), as the course asks for these checks.
         model = build_classifier(backbone, spec.preprocessing, self.num_classes, image_size, dropout=0.0)
-        if str(self.weights).lower() == "none":
+        if zoo.is_random_initialisation(self.weights):
             # From scratch every layer learns, BatchNorm included: a random backbone with frozen
             # BatchNorm shrinks its activations to ~1e-11 and nothing can be learnt.
             backbone.trainable = True

@@ -434,6 +434,11 @@ def resolve_constructor(spec: BackboneSpec | str):
     return build_with_stable_names
 
 
+def is_random_initialisation(weights) -> bool:
+    """Whether `weights` asks for no pretrained weights: None or "none" (any case)."""
+    return weights is None or str(weights).lower() == "none"
+
+
 def build_backbone_with_source(name_or_spec, image_size: int | None = None, weights: str | None = "imagenet",
                                alpha: float | None = None):
     """Builds a headless backbone and says where its weights came from.
@@ -464,7 +469,7 @@ def build_backbone_with_source(name_or_spec, image_size: int | None = None, weig
             f"Leave `alpha` unset. Received: alpha={alpha!r}"
         )
     constructor = resolve_constructor(spec)
-    if weights is None or weights == "none":
+    if is_random_initialisation(weights):
         alpha_kwargs = {"alpha": alpha} if spec.supports_alpha else {}
         model = constructor(
             weights=None,

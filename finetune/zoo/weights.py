@@ -32,6 +32,7 @@ import numpy as np
 
 from finetune.config import finetune_home
 from finetune.errors import FinetuneError
+from finetune.zoo.specs import is_random_initialisation
 from finetune.zoo import torchvision_import
 
 CACHE_FORMAT = "finetune-layer-weights-v1"
@@ -244,9 +245,9 @@ def load_backbone_weights(
     def build(constructor_weights):
         return constructor(weights=constructor_weights, **arguments)
 
-    text = "none" if weights is None else str(weights)
-    if text.lower() == "none":
+    if is_random_initialisation(weights):
         return build(None), "random initialisation (weights='none')"
+    text = str(weights)
     if text.lower() != "imagenet":
         path = Path(text).expanduser()
         if not path.is_file():
