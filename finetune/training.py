@@ -148,7 +148,7 @@ def train(config: TrainConfig):
     from finetune.features import stage_features
     from finetune.metrics import classification_metrics
     from finetune.policy import STRATEGIES, groups_to_unfreeze, labelled_pool, measure_policy
-    from finetune.stages import search_stage_heads
+    from finetune.stages import add_concatenation, search_stage_heads
 
     check_choice("strategy", config.strategy, STRATEGIES)
     if config.epochs < 0:
@@ -208,9 +208,14 @@ def train(config: TrainConfig):
     run_files.atomic_write_json(run_dir / "policy.json", policy)
     _log(config, f"Strategy: {strategy}" + (" (picked by the policy: " + policy["reasons"][-1] + ")" if config.strategy == "auto" else " (requested)"))
 
+    linear_data = (search, labelled, train_features, train_split.labels, val_features, weights_by_class)
     if strategy in ("linear", "multistage_linear"):
-        model, stages, head_history = _linear(strategy, backbone, spec, image_size, num_classes, search, labelled,
-                                              train_features, val_features, weights_by_class, config)
+        if strategy == "multistage_linear":
+            add_concatenation(search, *labelled, num_classes, config.head_c_grid, config.policy.search_max_per_class,
+                              weights_by_class, config.seed)
+        candidate = search.best if strategy == "multistage_linear" else search.top
+        model, stages, head_history = _linear(candidate, strategy == "multistage_linear", backbone, spec, image_size,
+                                              num_classes, *linear_data, config)
     else:
         fit_head = _head_fitter(train_split, val_split, num_classes, weights_by_class, config)
         model = build_classifier(backbone, spec.preprocessing, num_classes, image_size, config.model.dropout)
@@ -230,8 +235,9 @@ def train(config: TrainConfig):
             stages["finetune"] = _finetune(model, backbone, spec, groups, config, train_split, val_split, weights_by_class, run_dir, head)
             finetuned = stages["finetune"]
             current = finetuned["val_accuracy"] if finetuned["kept"] else head.val_accuracy
-            rival = _linear_rival(search, train_features, val_features, train_split.labels, val_split.labels, num_classes,
-                                  weights_by_class, config.seed)
+            candidate = search.best
+            rival = _linear_rival(candidate, search.endpoints, train_features, val_features, train_split.labels,
+                                  val_split.labels, num_classes, weights_by_class, config.seed)
             finetuned["linear_rival"] = rival
             if rival["val_accuracy"] > current:
                 # Finetuning did not beat the best linear head of the stage search on the same
@@ -239,8 +245,9 @@ def train(config: TrainConfig):
                 # of finetune_most 0.856 vs the multi-stage head 0.873): keep the linear head.
                 _log(config, f"The multi-stage linear head ({rival['name']}) beats the finetuned model on validation data "
                              f"({rival['val_accuracy']:.4f} vs {current:.4f}): keeping the linear head.")
-                model, linear_stages, head_history = _linear("multistage_linear", backbone, spec, image_size, num_classes,
-                                                             search, labelled, train_features, val_features, weights_by_class, config)
+                # The very head that won the comparison, refit like a linear strategy's.
+                model, linear_stages, head_history = _linear(candidate, True, backbone, spec, image_size, num_classes,
+                                                             *linear_data, config)
                 stages.update(linear_stages)
                 finetuned["kept"] = False
                 finetuned["replaced_by"] = "multistage_linear"
@@ -356,11 +363,6 @@ def _head_fitter(train_split, val_split, num_classes, weights_by_class, config):
     return fit
 
 
-def _val_loss(head) -> float:
-    chosen = [row["val_loss"] for row in head.search if row["c"] == head.c]
-    return chosen[0] if chosen else 0.0
-
-
 def _write_head_history(path, head, train_features, train_labels, val_features, val_labels) -> None:
     """history.csv of a run without finetuning epochs: one line for the head, as Keras' CSVLogger writes."""
 
@@ -377,49 +379,46 @@ def _write_head_history(path, head, train_features, train_labels, val_features, 
     run_files.atomic_write_text(path, header + "\n" + ",".join(row) + "\n")
 
 
-def _linear_rival(search, train_features, val_features, train_labels, val_labels, num_classes, weights_by_class, seed) -> dict:
-    """The search's best linear head fit on the training split, scored on the validation split (as finetuning is)."""
+def _linear_rival(candidate, endpoints, train_features, val_features, train_labels, val_labels, num_classes,
+                  weights_by_class, seed) -> dict:
+    """A linear head of the stage search fit on the training split, scored on the validation split (as finetuning is)."""
     from finetune.stages import fit_candidate
 
-    candidate = search.best
     head = fit_candidate(candidate, train_features, train_labels, num_classes, weights_by_class, seed)
     joined = np.concatenate([val_features[index] for index in candidate.stages], axis=1)
     accuracy = float((head.probabilities(np.asarray(joined, dtype=np.float64)).argmax(axis=1) == np.asarray(val_labels)).mean())
-    return {"name": candidate.name, "stages": [search.endpoints[index] for index in candidate.stages], "val_accuracy": accuracy}
+    return {"name": candidate.name, "stages": [endpoints[index] for index in candidate.stages], "val_accuracy": accuracy}
 
 
-def _linear(strategy, backbone, spec, image_size, num_classes, search, labelled, train_features, val_features,
-            weights_by_class, config):
-    """linear: the top stage's head; multistage_linear: the search's best head (the concatenation scored too).
+def _linear(candidate, cut, backbone, spec, image_size, num_classes, search, labelled, train_features, train_labels,
+            val_features, weights_by_class, config):
+    """A model of the backbone and the head of one `candidate` of the stage search.
 
-    The chosen head is fit on every labelled image when `config.linear_fit_on_val` (its
-    cross-validated accuracy is then the honest estimate), else on the training split.
+    `cut`: the backbone is truncated after the candidate's stages (multistage_linear); else it is
+    whole and the candidate is the top stage (linear). The head is fit on every labelled image
+    when `config.linear_fit_on_val` (its cross-validated accuracy is then the honest estimate),
+    else on the training split.
     """
-    from finetune.stages import add_concatenation, fit_candidate
+    from finetune.stages import fit_candidate
 
-    if strategy == "multistage_linear":
-        add_concatenation(search, *labelled, num_classes, config.head_c_grid, config.policy.search_max_per_class,
-                          weights_by_class, config.seed)
-        candidate = search.best
-    else:
-        candidate = search.top
     fit_on_val = config.linear_fit_on_val and val_features is not None
-    features, labels = labelled if fit_on_val else (train_features, labelled[1][: len(train_features[0])])
+    features, labels = labelled if fit_on_val else (train_features, train_labels)
     head = fit_candidate(candidate, features, labels, num_classes, weights_by_class, config.seed)
     indices = list(candidate.stages)
-    network = backbone if strategy == "linear" else truncated_backbone(backbone, spec, indices)
+    network = truncated_backbone(backbone, spec, indices) if cut else backbone
     model = build_classifier(network, spec.preprocessing, num_classes, image_size, config.model.dropout)
     model.get_layer("classifier").set_weights([head.kernel, head.bias])
     for item in search.candidates[:5]:
         _log(config, f"  {item.name}: cross-validated accuracy {item.cv_accuracy:.3f}, log loss {item.cv_loss:.3f}")
     _log(config, f"Kept {candidate.name} (C={head.c}), fit on {'training and validation' if fit_on_val else 'training'} images.")
+    scored = candidate.to_dict()  # unscored values as None
     stages = {
         "head": {"c": head.c, "stages": [spec.stage_endpoints[index] for index in indices], "kind": candidate.kind,
-                 "cv_accuracy": head.val_accuracy, "cv_loss": candidate.to_dict()["cv_loss"],
+                 "cv_accuracy": scored["cv_accuracy"], "cv_loss": scored["cv_loss"],
                  "fit_on": "train+val" if fit_on_val else "train"},
         "search": search.to_dict(),
     }
-    if strategy == "multistage_linear":
+    if cut:
         stages["multistage"] = {
             "candidates": [item.to_dict() for item in search.candidates],
             "chosen": candidate.name,
@@ -439,6 +438,7 @@ def _finetune(model, backbone, spec, groups, config, train_split, val_split, wei
 
     import augment
     from finetune import callbacks as finetune_callbacks
+    from finetune import zoo
     from finetune.data import make_dataset
     from finetune.optimizers import DiscriminativeAdam
     from finetune.schedules import build_schedule
@@ -446,7 +446,7 @@ def _finetune(model, backbone, spec, groups, config, train_split, val_split, wei
     num_classes = int(model.output_shape[-1])
     # From scratch (weights "none") nothing is worth protecting: BatchNorm trains, and the backbone
     # learns at the head's rate.
-    pretrained = str(config.model.weights).lower() != "none"
+    pretrained = not zoo.is_random_initialisation(config.model.weights)
     unfrozen = unfreeze_top_groups(backbone, spec, groups, pretrained=pretrained)
     options = augment.resolve(config.augment, **config.augment_options)
     augmenter = augment.build_augmenter(options, seed=config.seed)

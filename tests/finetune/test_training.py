@@ -117,8 +117,8 @@ def test_finetuning_that_loses_to_the_best_linear_head_keeps_the_linear_head(tmp
 
     scored = []
 
-    def rival(search, *arguments):
-        result = {"name": search.best.name, "stages": [search.endpoints[i] for i in search.best.stages], "val_accuracy": rival_accuracy}
+    def rival(candidate, endpoints, *arguments):
+        result = {"name": candidate.name, "stages": [endpoints[i] for i in candidate.stages], "val_accuracy": rival_accuracy}
         scored.append(result)
         return result
 
@@ -131,6 +131,8 @@ def test_finetuning_that_loses_to_the_best_linear_head_keeps_the_linear_head(tmp
     if replaced:
         assert finetuned["kept"] is False and run.metrics["val"]["held_out"] is False
         assert run.metrics["stages"]["head"]["stages"] == run.metrics["stages"]["multistage"]["chosen_stages"]
+        # The head kept is the one that won the comparison.
+        assert run.metrics["stages"]["head"]["stages"] == scored[0]["stages"]
         reloaded = keras.saving.load_model(run.directory / "model.keras", safe_mode=True)
         images = np.random.default_rng(0).uniform(0, 255, (2, 48, 48, 3)).astype("float32")
         np.testing.assert_allclose(reloaded.predict(images, verbose=0), run.model.predict(images, verbose=0), atol=1e-6)
