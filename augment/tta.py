@@ -240,11 +240,6 @@ def _single_output(outputs):
     return outputs
 
 
-def wrap_model(model, mode: str, **options):
-    """`build_tta_model(model, mode, **options)`, under the name `finetune.ensemble.apply_tta` looks for."""
-    return build_tta_model(model, mode, **options)
-
-
 def resolve_mode(tta: str | None, recorded) -> str:
     """The mode to use: `tta` itself, or for "auto" (and None) the mode a run recorded (`config.json["tta"]`).
 

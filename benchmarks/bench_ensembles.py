@@ -138,12 +138,9 @@ def compile_model(model, top, schedule, optimizer: str = "adam"):
     if optimizer == "sgd":
         chosen = keras.optimizers.SGD(schedule, momentum=0.9)
     else:
-        try:
-            from finetune.optimizers import DiscriminativeAdam
+        from finetune.optimizers import DiscriminativeAdam
 
-            chosen = DiscriminativeAdam(slow_variables=top.trainable_variables, slow_multiplier=BACKBONE_MULTIPLIER, learning_rate=schedule)
-        except ImportError:
-            chosen = keras.optimizers.Adam(schedule)
+        chosen = DiscriminativeAdam(slow_variables=top.trainable_variables, slow_multiplier=BACKBONE_MULTIPLIER, learning_rate=schedule)
     model.compile(optimizer=chosen, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
 
@@ -214,8 +211,8 @@ def run_arms(context: dict, seed: int, epochs: int, arms: list[str]) -> list[dic
             indices = None
             if kind == "bagged":
                 indices = rng.integers(0, len(context["labels"]["train"]), len(context["labels"]["train"]))
-            count_train = len(indices) if indices is not None else len(context["labels"]["train"])
-            schedule = build_schedule("cosine", LEARNING_RATE, math.ceil(count_train / BATCH_SIZE), member_epochs)
+            # A bootstrap sample has as many images as the training set: the same steps per epoch.
+            schedule = build_schedule("cosine", LEARNING_RATE, spe, member_epochs)
             model, _ = fit(context, seed * 100 + index, schedule, member_epochs, indices=indices)
             members.append(probabilities(model, context))
         return members

@@ -16,7 +16,6 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from finetune.ensemble import SNAPSHOT_DIR  # noqa: F401  run_dir / SNAPSHOT_DIR is where SnapshotSaver writes
 from finetune.errors import FinetuneError
 
 

@@ -39,6 +39,10 @@ def _add_policy_arguments(parser: argparse.ArgumentParser) -> None:
                              f"'similar' (default: {defaults.similarity_margin})")
 
 
+def _policy_config(arguments) -> PolicyConfig:
+    return PolicyConfig(lots_per_class=arguments.lots_per_class, similarity_margin=arguments.similarity_margin)
+
+
 def _add_schedule_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("finetuning schedule (see finetune.schedules)")
     group.add_argument("--schedule", default="cosine",
@@ -53,7 +57,7 @@ def _add_schedule_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--decay-rate", type=float, default=None, help="exponential and inverse_time decay rate per epoch")
     group.add_argument("--snapshots", type=int, default=0,
                        help="snapshot ensemble: M >= 2 cosine cycles, one saved model per cycle (default: 0, off)")
-    group.add_argument("--tta", default="auto", choices=("auto", "none", "center", "flip", "five_crop", "ten_crop", "multiscale"),
+    group.add_argument("--tta", default="auto", choices=TTA_CHOICES,
                        help="test-time augmentation to record: auto measures each mode on validation data (default)")
 
 
@@ -185,11 +189,11 @@ def _run_augment_preview(arguments) -> None:
 
 def _train_config(arguments, source: str):
     from augment.options import overrides_from_arguments
-    from finetune.config import DataConfig, ModelConfig, PolicyConfig, TrainConfig
+    from finetune.config import DataConfig, ModelConfig, TrainConfig
 
     return TrainConfig(
         strategy=arguments.strategy,
-        policy=PolicyConfig(lots_per_class=arguments.lots_per_class, similarity_margin=arguments.similarity_margin),
+        policy=_policy_config(arguments),
         data=DataConfig(
             source=source,
             val_fraction=arguments.val_fraction,
@@ -332,14 +336,13 @@ def run_command(arguments) -> int:
                     labels = ", ".join(f"{p['label']} {p['probability']:.3f}" for p in item["predictions"])
                     print(f"{item['path']}: {labels}")
     elif arguments.command == "policy":
-        from finetune.config import PolicyConfig
         from finetune.policy import format_policy, measure
 
         policy = measure(
             arguments.data_dir, backbone=arguments.backbone, weights=arguments.weights, alpha=arguments.alpha,
             image_size=arguments.image_size, batch_size=arguments.batch_size, val_fraction=arguments.val_fraction,
             seed=arguments.seed,
-            thresholds=PolicyConfig(lots_per_class=arguments.lots_per_class, similarity_margin=arguments.similarity_margin),
+            thresholds=_policy_config(arguments),
         )
         print(json.dumps(policy, indent=2) if arguments.json else format_policy(policy))
     elif arguments.command == "augment-preview":

@@ -100,7 +100,7 @@ def apply_tta(model, tta):
             f"Test-time augmentation needs the `augment.tta` module, which this installation lacks. Received: tta={tta!r}"
         ) from None
     # The model then takes larger "source" images for the crop modes: see augment.tta.source_size.
-    return module.wrap_model(model, tta)
+    return module.build_tta_model(model, tta)
 
 
 def _log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:

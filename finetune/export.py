@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from finetune import run as run_files
-from finetune.ensemble import build_ensemble, load_members, snapshot_paths
+from finetune.ensemble import SNAPSHOT_DIR, build_ensemble, load_members, snapshot_paths
 from finetune.errors import FinetuneError, check_choice
 
 EXPORT_FILE = run_files.EXPORT_FILE
@@ -104,7 +104,7 @@ def resolve_members(run_dirs, members: str | None = None) -> dict:
         found = snapshot_paths(run.directory)
         if not found:
             raise FinetuneError(
-                f"{run.directory} has no snapshots ({run.directory / 'snapshots'} is empty or missing). Train with "
+                f"{run.directory} has no snapshots ({run.directory / SNAPSHOT_DIR} is empty or missing). Train with "
                 "`finetune train --snapshots M`, or export its best model with --members best."
             )
         paths += found
@@ -341,7 +341,7 @@ def _sidecar(resolved, format, quantize, tta, check, artefact, image_size) -> di
 
     members = []
     for path in resolved["paths"]:
-        run = next(run for run in resolved["runs"] if Path(path).parent in (run.directory, run.directory / "snapshots"))
+        run = next(run for run in resolved["runs"] if Path(path).parent in (run.directory, run.directory / SNAPSHOT_DIR))
         member = {"path": str(path), "run": str(run.directory)}
         if Path(path).name == run_files.MODEL_FILE and run.metrics.get("val_accuracy") is not None:
             member["val_accuracy"] = run.metrics["val_accuracy"]

@@ -440,6 +440,7 @@ def _finetune(model, backbone, spec, groups, config, train_split, val_split, wei
     from finetune import callbacks as finetune_callbacks
     from finetune import zoo
     from finetune.data import make_dataset
+    from finetune.ensemble import SNAPSHOT_DIR
     from finetune.optimizers import DiscriminativeAdam
     from finetune.schedules import build_schedule
 
@@ -495,7 +496,7 @@ def _finetune(model, backbone, spec, groups, config, train_split, val_split, wei
     ]
     snapshot_saver = None
     if config.snapshots >= 2:
-        snapshot_saver = finetune_callbacks.SnapshotSaver(run_dir / "snapshots", (epochs - warmup_epochs) // config.snapshots,
+        snapshot_saver = finetune_callbacks.SnapshotSaver(run_dir / SNAPSHOT_DIR, (epochs - warmup_epochs) // config.snapshots,
                                                           offset_epochs=warmup_epochs, model=model)
         callbacks.append(snapshot_saver)
     else:
