@@ -19,23 +19,31 @@ from pathlib import Path
 
 import numpy as np
 
-from finetune import data as data_module
-from finetune.data import BadImageError, class_weights
+from finetune.config import DataConfig
+from finetune.data.decode import BadImageError, decode_image, decode_many
+from finetune.data.discover import discover
+from finetune.data.pipeline import CLASS_WEIGHT_THRESHOLD, class_weights
+from finetune.data.tfds import TFDS_PREFIX, tfds_items
 
 # Entries of a long list printed by `format_health_report`; the report dict has all of them.
 MAX_LISTED = 20
-CLASS_WEIGHT_THRESHOLD = 1.5
 
 
-def health_report(source: str, val_fraction: float = 0.2, seed: int = 0, max_megapixels: float = 89.0) -> dict:
+def health_report(
+    source: str,
+    val_fraction: float = DataConfig.val_fraction,
+    seed: int = 0,
+    max_megapixels: float = DataConfig.max_megapixels,
+) -> dict:
     """Decodes every image of a data source and reports on it.
 
     Args:
         source: a folder (see `finetune.data.discover`) or `tfds:NAME`.
         val_fraction: as in training, so that the splits reported are the splits trained on.
-            Defaults to 0.2.
+            Defaults to `DataConfig.val_fraction` (0.2).
         seed: as in training. Defaults to 0.
-        max_megapixels: larger images are reported as skipped. Defaults to 89.0.
+        max_megapixels: larger images are reported as skipped. Defaults to
+            `DataConfig.max_megapixels` (89).
 
     Returns:
         A JSON-ready dict: source, name, presplit, class_names, counts ({split: {class: readable
@@ -49,22 +57,8 @@ def health_report(source: str, val_fraction: float = 0.2, seed: int = 0, max_meg
     Raises:
         FinetuneError: the data source cannot be listed (see `discover`).
     """
-    data = data_module.discover(source, val_fraction=val_fraction, seed=seed)
-    skipped = list(data.skipped)
-    readable = []  # (split, path, label, facts)
-    for split_name, split in data.splits.items():
-        if data.root.startswith(data_module.TFDS_PREFIX):
-            items = data_module._tfds_items(data.root, split.paths)
-        else:
-            items = enumerate(split.paths)
-        results = data_module._decode_many(items, len(split.paths), lambda item: _inspect(item, max_megapixels), 0, "")
-        for position, result in results:
-            path = split.paths[position]
-            if isinstance(result, BadImageError):
-                skipped.append({"path": path, "reason": result.reason})
-            else:
-                readable.append((split_name, path, int(split.labels[position]), result))
-
+    data = discover(source, val_fraction=val_fraction, seed=seed)
+    readable, skipped = _inspect_splits(data, max_megapixels)
     counts = {split_name: {name: 0 for name in data.class_names} for split_name in data.splits}
     for split_name, _, label, _ in readable:
         counts[split_name][data.class_names[label]] += 1
@@ -104,6 +98,25 @@ def health_report(source: str, val_fraction: float = 0.2, seed: int = 0, max_meg
     }
 
 
+def _inspect_splits(data, max_megapixels: float) -> tuple[list, list[dict]]:
+    """Every image of every split decoded: (readable [(split, path, label, facts)], skipped [{"path", "reason"}])."""
+    skipped = list(data.skipped)
+    readable = []
+    for split_name, split in data.splits.items():
+        if data.root.startswith(TFDS_PREFIX):
+            items = tfds_items(data.root, split.paths)
+        else:
+            items = enumerate(split.paths)
+        results = decode_many(items, lambda item: _inspect(item, max_megapixels), total=len(split.paths))
+        for position, result in results:
+            path = split.paths[position]
+            if isinstance(result, BadImageError):
+                skipped.append({"path": path, "reason": result.reason})
+            else:
+                readable.append((split_name, path, int(split.labels[position]), result))
+    return readable, skipped
+
+
 def _inspect(source, max_megapixels: float) -> dict:
     """Facts about one image (format, mode, width, height, sha1 of its bytes); raises BadImageError."""
     if isinstance(source, (str, os.PathLike)):
@@ -111,7 +124,7 @@ def _inspect(source, max_megapixels: float) -> dict:
             source = Path(source).read_bytes()
         except OSError as error:
             raise BadImageError(f"cannot read the file ({error.strerror or error})") from None
-    _, facts = data_module._decode_image(source, max_megapixels)
+    _, facts = decode_image(source, max_megapixels)
     return {**facts, "sha1": hashlib.sha1(source).hexdigest()}
 
 
@@ -201,7 +214,7 @@ def format_health_report(report: dict) -> str:
 
 def _short(path: str, root: str) -> str:
     try:
-        return os.path.relpath(path, root) if not root.startswith(data_module.TFDS_PREFIX) else path
+        return os.path.relpath(path, root) if not root.startswith(TFDS_PREFIX) else path
     except ValueError:  # another drive on Windows
         return path
 
