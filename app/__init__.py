@@ -1,1 +1,1 @@
-"""The finetune web app (Streamlit) and the computation behind it (`app.logic`)."""
+"""The finetune web app (Streamlit): `listing` (the models), `uploads` (decoding, predicting), `results` (the table)."""

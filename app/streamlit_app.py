@@ -3,8 +3,9 @@
     finetune app                                  # or: streamlit run app/streamlit_app.py
     finetune app --models-dir path/to/models      # or: FINETUNE_MODELS_DIR=path/to/models finetune app
 
-A thin UI: the computation lives in `app/logic.py` (and the finetune library); this file only
-draws. Uploads stay in memory; nothing is written to disk.
+A thin UI: models are listed by `app/listing.py`, uploads decoded and predicted by `app/uploads.py`
+through `finetune.inference`, results tabulated by `app/results.py`; this file only draws.
+Uploads stay in memory; nothing is written to disk.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `streamlit run app/streamlit_app.py` puts app/, not the repository, on the path
     sys.path.insert(0, str(ROOT))
 
-from app import logic  # noqa: E402
+import finetune  # noqa: E402
+import finetune.inference  # noqa: E402
+from app import listing, uploads  # noqa: E402
+from app.results import results_csv, results_table, views_montage  # noqa: E402
 
 TITLE = "finetune: what is in your images?"
 
@@ -28,31 +32,29 @@ TITLE = "finetune: what is in your images?"
 @st.cache_resource(max_entries=4, show_spinner="Loading the model...")
 def load_model(path: str, modified: float):
     """The run (or exported ensemble) with its Keras model loaded, once per model file version."""
-    import finetune
-
     run = finetune.load_run(path)
-    logic.warm_up(run)  # load and run it now, under the spinner, not during the first prediction
+    uploads.warm_up(run)  # load and run it now, under the spinner, not during the first prediction
     return run
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def predict_cached(path: str, modified: float, name: str, data: bytes, tta: str, top_k: int, max_bytes: int):
     try:
-        return logic.predict_upload(load_model(path, modified), name, data, tta=tta, top_k=top_k, max_bytes=max_bytes)
+        return uploads.predict_upload(load_model(path, modified), name, data, tta=tta, top_k=top_k, max_bytes=max_bytes)
     except Exception as error:  # one image must not take the page down: report it, go on with the others
-        return logic.ImageResult(name=name, error=f"prediction failed ({type(error).__name__}: {error})", tta=tta)
+        return uploads.ImageResult(name=name, error=f"prediction failed ({type(error).__name__}: {error})", tta=tta)
 
 
-def model_picker_ui(models_dir: Path) -> logic.ModelEntry | None:
+def model_picker_ui(models_dir: Path) -> listing.ModelEntry | None:
     """The sidebar: the models found, and the facts of the chosen one."""
     st.sidebar.header("Model")
-    entries, problems = logic.find_models(models_dir)
+    entries, problems = listing.find_models(models_dir)
     if not entries:
         where = f"in `{models_dir}`" if models_dir.is_dir() else f"(`{models_dir}` does not exist)"
         st.warning(
-            f"No trained model found {where}. {logic.MAKE_A_MODEL} "
+            f"No trained model found {where}. {listing.MAKE_A_MODEL} "
             f"Then reload this page. (Another folder: `finetune app --models-dir DIR` or "
-            f"`{logic.MODELS_DIR_VARIABLE}=DIR`.)",
+            f"`{listing.MODELS_DIR_VARIABLE}=DIR`.)",
             icon="🗂️",
         )
         problems_ui(problems)
@@ -92,11 +94,11 @@ def problems_ui(problems: list[dict]) -> None:
                 st.caption(f"`{problem['path']}`: {problem['reason']}")
 
 
-def options_ui(entry: logic.ModelEntry) -> tuple[str, int]:
+def options_ui(entry: listing.ModelEntry) -> tuple[str, int]:
     """TTA mode and top-k, in the sidebar."""
     st.sidebar.header("Prediction")
-    available, reason = logic.tta_support(entry)
-    modes = logic.tta_modes()
+    available, reason = listing.tta_support(entry)
+    modes = list(finetune.inference.TTA_MODES)
     tta = st.sidebar.selectbox(
         "Test-time augmentation",
         modes,
@@ -115,16 +117,16 @@ def options_ui(entry: logic.ModelEntry) -> tuple[str, int]:
 
 def inputs_ui(max_bytes: int) -> list[tuple[str, bytes]]:
     """Uploads and samples, as (name, bytes), in memory."""
-    uploads = st.file_uploader(
+    uploaded = st.file_uploader(
         "Upload images (JPEG, PNG, WEBP, BMP, GIF, TIFF)",
         accept_multiple_files=True,
         max_upload_size=max(1, math.ceil(max_bytes / 1e6)),  # what the browser refuses before sending
         help="The format is read from the content, not the file name. Files stay in memory.",
         key="uploads",
     )
-    samples = logic.sample_files()
+    samples = uploads.sample_files()
     chosen = st.multiselect("...or pick bundled samples (textures)", list(samples), key="samples") if samples else []
-    files = [(upload.name, upload.getvalue()) for upload in uploads or []]
+    files = [(upload.name, upload.getvalue()) for upload in uploaded or []]
     return files + [(name, samples[name].read_bytes()) for name in chosen]
 
 
@@ -143,7 +145,7 @@ def probability_chart(predictions: list[dict]):
     return bars + text
 
 
-def result_ui(result: logic.ImageResult) -> None:
+def result_ui(result: uploads.ImageResult) -> None:
     """One image's card: the picture, its top-k as bars, latency, member agreement, and the TTA views."""
     with st.container(border=True):
         st.image(result.image, caption=result.name, width="stretch")
@@ -156,10 +158,10 @@ def result_ui(result: logic.ImageResult) -> None:
         st.caption(" · ".join(details))
         if result.views:
             with st.expander(f"The {len(result.views)} views TTA averaged"):
-                st.image(logic.views_montage(result.views), width="stretch")
+                st.image(views_montage(result.views), width="stretch")
 
 
-def results_ui(results: list[logic.ImageResult], per_row: int = 3) -> None:
+def results_ui(results: list[uploads.ImageResult], per_row: int = 3) -> None:
     """Messages for the files that could not be used, then a grid of cards for the others."""
     for result in results:
         if not result.ok:
@@ -171,27 +173,27 @@ def results_ui(results: list[logic.ImageResult], per_row: int = 3) -> None:
                 result_ui(result)
 
 
-def results_table_ui(results: list[logic.ImageResult]) -> None:
+def results_table_ui(results: list[uploads.ImageResult]) -> None:
     st.subheader("All results")
-    st.dataframe(logic.results_table(results), hide_index=True, width="stretch")
-    st.download_button("Download all results (CSV)", logic.results_csv(results), file_name="predictions.csv", mime="text/csv")
+    st.dataframe(results_table(results), hide_index=True, width="stretch")
+    st.download_button("Download all results (CSV)", results_csv(results), file_name="predictions.csv", mime="text/csv")
 
 
 def main() -> None:
     st.set_page_config(page_title="finetune", page_icon="🔎", layout="wide")
     st.title(TITLE)
     st.caption("Pick a trained model in the sidebar, add images, and see the labels it predicts. Images stay in memory.")
-    models_dir = logic.models_dir_from(sys.argv[1:], os.environ)
+    models_dir = listing.models_dir_from(sys.argv[1:], os.environ)
     entry = model_picker_ui(models_dir)
     if entry is None:
         return
     try:
         load_model(entry.path, entry.modified)
     except Exception as error:  # a damaged model file is the user's to fix: say which, no traceback
-        st.error(f"Could not load the model `{entry.path}` ({type(error).__name__}: {error}). Pick another one. {logic.MAKE_A_MODEL}")
+        st.error(f"Could not load the model `{entry.path}` ({type(error).__name__}: {error}). Pick another one. {listing.MAKE_A_MODEL}")
         return
     tta, top_k = options_ui(entry)
-    max_bytes = logic.max_upload_bytes_from(os.environ)
+    max_bytes = uploads.max_upload_bytes_from(os.environ)
     files = inputs_ui(max_bytes)
     if not files:
         st.info("Upload images or pick samples to see what the model predicts.")

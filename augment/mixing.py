@@ -16,8 +16,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from augment.errors import AugmentError
+from augment.options import check_mixing
 from augment.seeding import MIXING_SALT, StatelessSeeds, batch_seed, derive
-from finetune.errors import FinetuneError
 
 
 class Mixer:
@@ -34,11 +35,8 @@ class Mixer:
 
     def __init__(self, num_classes: int, mixup: float = 0.2, cutmix: float = 0.0, seed: int = 0):
         if int(num_classes) < 2:
-            raise FinetuneError(f"`num_classes` must be at least 2. Received: num_classes={num_classes!r}")
-        if mixup < 0:
-            raise FinetuneError(f"`mixup` must be 0 (off) or a positive Beta parameter. Received: mixup={mixup!r}")
-        if not 0 <= cutmix <= 1:
-            raise FinetuneError(f"`cutmix` must be 0 (off) or a Beta parameter in (0, 1]. Received: cutmix={cutmix!r}")
+            raise AugmentError(f"`num_classes` must be at least 2. Received: num_classes={num_classes!r}")
+        check_mixing(mixup, cutmix)
         self.num_classes = int(num_classes)
         self.seed = int(seed)
         # Created once here: a tf.data map function must not create the layers' variables.

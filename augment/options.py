@@ -28,10 +28,9 @@ costliest operation on a CPU (about 100 ms per batch of 32 at 224 px here).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 
-from finetune.errors import FinetuneError
+from augment.errors import AugmentError
 
 PLACEMENTS = ("dataset", "model")
 
@@ -142,7 +141,7 @@ def resolve(preset: str | AugmentOptions | None = "standard", **overrides) -> Au
         **overrides: fields of `AugmentOptions`; a value of None leaves the preset's.
 
     Raises:
-        FinetuneError: an unknown preset or option, or a value out of its range.
+        AugmentError: an unknown preset or option, or a value out of its range.
 
     Example:
     >>> resolve("light", vertical_flip=True).vertical_flip
@@ -153,14 +152,14 @@ def resolve(preset: str | AugmentOptions | None = "standard", **overrides) -> Au
     else:
         name = "none" if preset is None else str(preset)
         if name not in PRESETS:
-            raise FinetuneError(
+            raise AugmentError(
                 f"Unknown augmentation preset {name!r}. Allowed: {', '.join(PRESETS)}. Received: preset={name!r}"
             )
         base = dict(PRESETS[name])
     known = {field.name for field in dataclasses.fields(AugmentOptions)}
     for key, value in overrides.items():
         if key not in known:
-            raise FinetuneError(
+            raise AugmentError(
                 f"Unknown augmentation option `{key}`. Allowed: {', '.join(sorted(known))}. Received: {key}={value!r}"
             )
         if value is not None:
@@ -176,7 +175,7 @@ def resolve(preset: str | AugmentOptions | None = "standard", **overrides) -> Au
 def _check(options: AugmentOptions) -> None:
     def fail(name, allowed):
         value = getattr(options, name)
-        raise FinetuneError(f"`{name}` must be {allowed}. Received: {name}={value!r}")
+        raise AugmentError(f"`{name}` must be {allowed}. Received: {name}={value!r}")
 
     def check_range(name, low_bound, high_bound, allowed):
         value = getattr(options, name)
@@ -195,12 +194,27 @@ def _check(options: AugmentOptions) -> None:
                        ("saturation", 1.0), ("hue", 0.5), ("noise", 255.0), ("erasing", 1.0)):
         if not 0.0 <= float(getattr(options, name)) <= high:
             fail(name, f"between 0 and {high:g}")
-    if not options.mixup >= 0.0:
-        fail("mixup", "0 (off) or a positive Beta parameter, e.g. 0.2")
-    if not 0.0 <= options.cutmix <= 1.0:
-        fail("cutmix", "0 (off) or a Beta parameter in (0, 1], e.g. 1.0")
+    check_mixing(options.mixup, options.cutmix)
     if options.placement not in PLACEMENTS:
         fail("placement", f"one of {', '.join(PLACEMENTS)}")
+
+
+def check_mixing(mixup: float, cutmix: float) -> None:
+    """Raises an `AugmentError` unless `mixup` and `cutmix` are Beta parameters mixing can use.
+
+    One check for `resolve` and `augment.mixing.Mixer`, so that both accept the same values.
+
+    Args:
+        mixup: 0 (off) or a positive Beta parameter.
+        cutmix: 0 (off) or a Beta parameter in (0, 1].
+    """
+    # Written as "not x >= 0" so that NaN fails too.
+    if not mixup >= 0.0:
+        raise AugmentError(f"`mixup` must be 0 (off) or a positive Beta parameter, e.g. 0.2. Received: mixup={mixup!r}")
+    if not 0.0 <= cutmix <= 1.0:
+        raise AugmentError(
+            f"`cutmix` must be 0 (off) or a Beta parameter in (0, 1], e.g. 1.0. Received: cutmix={cutmix!r}"
+        )
 
 
 def describe(preset: str | AugmentOptions | None = "standard", **overrides) -> dict:
@@ -230,42 +244,3 @@ def describe(preset: str | AugmentOptions | None = "standard", **overrides) -> d
             "mixing": options.mixing(),
         },
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# Command-line options, shared by `finetune train` and `finetune augment-preview`
-
-
-def add_arguments(parser: argparse.ArgumentParser, default_preset: str = "none") -> None:
-    """Adds `--augment PRESET` and one flag per option (default: the preset's value)."""
-    group = parser.add_argument_group("augmentation (see `augment.options`)")
-    group.add_argument("--augment", choices=list(PRESETS), default=default_preset,
-                       help=f"augmentation preset (default: {default_preset})")
-    group.add_argument("--mixup", type=float, default=None, help="mixup Beta parameter, e.g. 0.2 (0: off)")
-    group.add_argument("--cutmix", type=float, default=None, help="cutmix Beta parameter in (0, 1] (0: off)")
-    group.add_argument("--horizontal-flip", action=argparse.BooleanOptionalAction, default=None)
-    group.add_argument("--vertical-flip", action=argparse.BooleanOptionalAction, default=None)
-    group.add_argument("--crop-area", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
-                       help="random resized crop: share of the area kept, e.g. 0.25 1")
-    group.add_argument("--crop-aspect", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None)
-    group.add_argument("--scale-jitter", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
-                       help="ResNet scale jitter, shorter side for a 224-px image, e.g. 256 480")
-    group.add_argument("--rotation", type=float, default=None, help="largest rotation in degrees")
-    group.add_argument("--translation", type=float, default=None, help="largest shift, share of the size")
-    for name in ("brightness", "contrast", "saturation"):
-        group.add_argument(f"--{name}", type=float, default=None, help=f"{name} factor in [1-x, 1+x]")
-    group.add_argument("--hue", type=float, default=None, help="hue shift, share of the colour circle (<= 0.5)")
-    group.add_argument("--noise", type=float, default=None, help="largest Gaussian noise std, grey levels")
-    group.add_argument("--erasing", type=float, default=None, help="probability of random erasing")
-    group.add_argument("--augment-placement", choices=PLACEMENTS, default=None,
-                       help="run image augmentation in the tf.data pipeline (default) or in the model")
-
-
-def overrides_from_arguments(arguments: argparse.Namespace) -> dict:
-    """The options given on the command line by `add_arguments`' flags (those left out are not included)."""
-    names = ["mixup", "cutmix", "horizontal_flip", "vertical_flip", "crop_area", "crop_aspect", "scale_jitter",
-             "rotation", "translation", "brightness", "contrast", "saturation", "hue", "noise", "erasing"]
-    overrides = {name: getattr(arguments, name) for name in names if getattr(arguments, name, None) is not None}
-    if getattr(arguments, "augment_placement", None) is not None:
-        overrides["placement"] = arguments.augment_placement
-    return {key: list(value) if isinstance(value, tuple) else value for key, value in overrides.items()}

@@ -1,10 +1,12 @@
 """A picture of what training sees: originals beside augmented samples of them, as one PNG grid.
 
-    finetune augment-preview photos/ --augment strong --out grid.png
+    grid = preview_grid(images, labels, class_names, preset="strong")   # a PIL image
+    write_preview("grid.png", images, labels, class_names, preset="strong")
 
-Rows are training images (one class after another); the first column is the image as
-training loads it (resized whole), the next ones are augmented samples with different seeds,
+Rows are the images given (uint8 or float, 0..255, as training loads them: resized whole); the
+first column is each image itself, the next ones are augmented samples with different seeds,
 and, when mixup or cutmix is on, the last ones are mixed samples captioned with their soft labels.
+`finetune augment-preview DATA_DIR` picks and loads the images of a folder and calls this.
 """
 
 from __future__ import annotations
@@ -15,56 +17,39 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from augment.augmenter import build_augmenter
+from augment.errors import AugmentError
 from augment.mixing import Mixer
 from augment.options import describe, resolve
-from finetune.errors import FinetuneError
 
 PADDING = 4
 CAPTION = 14
 BACKGROUND = (255, 255, 255)
 INK = (0, 0, 0)
+# Mixed columns shown when mixup or cutmix is on: two show that pairs and weights change.
+MIXED_SAMPLES = 2
 
 
-def pick_images(data_dir, count: int, seed: int = 0) -> tuple[list[str], list[int], list[str]]:
-    """`count` training images of `data_dir`, taking the classes in turn: (paths, labels, class names)."""
-    from finetune.data import discover
-
-    data = discover(data_dir, val_fraction=0.0, seed=seed)
-    train = data.splits["train"]
-    rng = np.random.default_rng(seed)
-    by_class = [list(rng.permutation(np.flatnonzero(train.labels == label))) for label in range(len(data.class_names))]
-    chosen = []
-    while len(chosen) < count and any(by_class):
-        for indices in by_class:
-            if indices and len(chosen) < count:
-                chosen.append(int(indices.pop(0)))
-    return [train.paths[i] for i in chosen], [int(train.labels[i]) for i in chosen], data.class_names
-
-
-def preview_grid(data_dir, preset: str = "standard", seed: int = 0, images: int = 6, samples: int = 5,
-                 image_size: int = 160, **overrides) -> Image.Image:
-    """The grid as a PIL image.
+def preview_grid(images, labels, class_names, *, preset="standard", seed: int = 0, samples: int = 5,
+                 **overrides) -> Image.Image:
+    """The grid as a PIL image: one row per image, the original first, then `samples` augmented views.
 
     Args:
-        data_dir: an image folder (one subfolder per class, or train/ val/ test/).
-        preset: an augmentation preset. Defaults to "standard".
-        seed: Defaults to 0.
-        images: rows. Defaults to 6.
+        images: RGB images [N, height, width, 3] in 0..255 (uint8 or float), N >= 1, at the size
+            training uses.
+        labels: int class indices [N] into `class_names`.
+        class_names: the names the captions show.
+        preset: an augmentation preset or an `AugmentOptions`. Defaults to "standard".
+        seed: sample k is augmented with seed `seed + k`. Defaults to 0.
         samples: augmented columns. Defaults to 5.
-        image_size: the size images are resized to, as in training. Defaults to 160.
         **overrides: fields of `augment.options.AugmentOptions`.
-    """
-    from finetune.data import load_images_for_prediction
 
-    if images < 1 or samples < 1:
-        raise FinetuneError(f"`images` and `samples` must be at least 1. Received: images={images}, samples={samples}")
+    Raises:
+        AugmentError: `images`, `labels` or `samples` of the wrong shape or range, or a bad option.
+    """
+    originals, labels, class_names = _checked(images, labels, class_names)
+    if not isinstance(samples, (int, np.integer)) or samples < 1:
+        raise AugmentError(f"`samples` must be at least 1. Received: samples={samples!r}")
     options = resolve(preset, **overrides)
-    paths, labels, class_names = pick_images(data_dir, images, seed)
-    originals, decoded, _ = load_images_for_prediction(paths, image_size)
-    if len(decoded) == 0:
-        raise FinetuneError(f"None of the chosen images of {data_dir} could be read.")
-    keep = [paths.index(path) for path in decoded]
-    labels = np.array([labels[i] for i in keep], dtype=np.int64)
     batch = originals.astype(np.float32)
     columns = [("original", originals, None)]
     for sample in range(samples):
@@ -72,12 +57,30 @@ def preview_grid(data_dir, preset: str = "standard", seed: int = 0, images: int 
         augmented = batch if augmenter is None else np.asarray(augmenter(batch))
         columns.append((f"augmented {sample + 1}", augmented, None))
     if options.mixing():
-        for sample in range(2):
+        for sample in range(MIXED_SAMPLES):
             mixer = Mixer(len(class_names), options.mixup, options.cutmix, seed=seed + sample)
             mixed, soft = mixer(np.asarray(columns[1 + sample % samples][1], np.float32), labels)
             columns.append((f"mixed {sample + 1}", np.asarray(mixed), np.asarray(soft)))
     title = _title(preset, options, describe(options)["views"])
-    return _draw(columns, labels, class_names, image_size, title)
+    return _draw(columns, labels, class_names, title)
+
+
+def _checked(images, labels, class_names) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
+        raise AugmentError(
+            f"`images` must be at least one RGB image, an array [N, height, width, 3]. "
+            f"Received: images of shape {images.shape}"
+        )
+    labels = np.asarray(labels).reshape(-1)
+    class_names = [str(name) for name in class_names]
+    if (len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer)
+            or labels.min() < 0 or labels.max() >= len(class_names)):
+        raise AugmentError(
+            f"`labels` must be {len(images)} class indices (one per image) in 0..{len(class_names) - 1} "
+            f"(`class_names` has {len(class_names)}). Received: labels={labels.tolist()!r}"
+        )
+    return images, labels.astype(np.int64), class_names
 
 
 def _title(preset, options, views) -> str:
@@ -97,8 +100,9 @@ def _caption(soft: np.ndarray | None, label: int, class_names: list[str]) -> str
     return " ".join(f"{class_names[i][:8]} {soft[i]:.2f}" for i in top if soft[i] > 0.005)
 
 
-def _draw(columns, labels, class_names, image_size, title) -> Image.Image:
-    cell_width, cell_height = image_size + PADDING, image_size + CAPTION + PADDING
+def _draw(columns, labels, class_names, title) -> Image.Image:
+    image_height, image_width = columns[0][1].shape[1:3]
+    cell_width, cell_height = image_width + PADDING, image_height + CAPTION + PADDING
     width = PADDING + cell_width * len(columns)
     top = CAPTION * 2 + PADDING
     height = top + cell_height * len(labels) + PADDING
@@ -113,13 +117,19 @@ def _draw(columns, labels, class_names, image_size, title) -> Image.Image:
             picture = np.clip(np.rint(pictures[row]), 0, 255).astype(np.uint8)
             canvas.paste(Image.fromarray(picture), (x, y))
             caption = _caption(None if soft is None else soft[row], int(label), class_names)
-            draw.text((x, y + image_size + 1), caption, fill=INK)
+            draw.text((x, y + image_height + 1), caption, fill=INK)
     return canvas
 
 
-def write_preview(path, data_dir, **options) -> Path:
-    """Writes `preview_grid(data_dir, **options)` to `path` (PNG) and returns the path."""
+def write_preview(path, images, labels, class_names, **options) -> Path:
+    """Writes `preview_grid(images, labels, class_names, **options)` to `path` (PNG) and returns the path.
+
+    Args:
+        path: the PNG file; missing folders are created.
+        images, labels, class_names: as for `preview_grid`.
+        **options: the keyword arguments of `preview_grid` (preset, seed, samples, option overrides).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    preview_grid(data_dir, **options).save(path, format="PNG")
+    preview_grid(images, labels, class_names, **options).save(path, format="PNG")
     return path

@@ -1,17 +1,7 @@
 """Test-time augmentation: a fixed set of views of each image, one batched forward pass, averaged.
 
-The modes, cheapest first (ties in `choose_tta` go to the earlier one):
-
-| mode         | input ("source") size for a model of size S | views                                   |
-|--------------|---------------------------------------------|-----------------------------------------|
-| `none`       | S: the whole image, as trained               | 1                                       |
-| `center`     | round(S * 256 / 224)                         | 1: the central S x S crop               |
-| `flip`       | S                                            | 2: the whole image and its mirror image |
-| `five_crop`  | round(S * 256 / 224)                         | 5: four corners and the centre          |
-| `ten_crop`   | round(S * 256 / 224)                         | 10: the five and their mirror images    |
-| `multiscale` | round(S * 640 / 224)                         | 50: the source resized so its side is   |
-|              |                                              | S * {224, 256, 384, 480, 640} / 224,    |
-|              |                                              | ten crops at each scale (ResNet)        |
+The modes, their source sizes and view counts are in `augment.tta_modes` (no Keras import),
+and every name there is also here: `augment.tta.MODES`, `augment.tta.source_size`, ...
 
 What the inference path feeds: each image decoded and resized whole (aspect not kept) to the
 source size with `finetune.data.resize_image`, the same PIL resize training uses, so that the
@@ -33,42 +23,27 @@ import keras
 import numpy as np
 from keras import ops
 
-from finetune.errors import FinetuneError, check_choice
+from augment.errors import AugmentError, check_choice
+from augment.tta_modes import (
+    AUTO_MODES,
+    COMBINES,
+    CROP_SOURCE,
+    MODES,
+    MULTISCALE,
+    REFERENCE_SIZE,
+    resolve_mode,
+    scaled,
+    source_size,
+    sources_per_pass,
+    view_count,
+)
 
-MODES = ("none", "center", "flip", "five_crop", "ten_crop", "multiscale")
-# What `choose_tta` tries unless told otherwise: multiscale costs 50 forward passes of every
-# validation image at up to 2.9x the training size, and is worth it only for models trained
-# with matching scale augmentation; ask for it with modes=MODES.
-AUTO_MODES = ("none", "center", "flip", "five_crop", "ten_crop")
-COMBINES = ("mean", "geometric")
-REFERENCE_SIZE = 224
-CROP_SOURCE = 256
-MULTISCALE = (224, 256, 384, 480, 640)
-
-
-def scaled(size: int, image_size: int) -> int:
-    """A size given for a 224-px model, for a model of `image_size`."""
-    return int(round(image_size * size / REFERENCE_SIZE))
-
-
-def source_size(mode: str, image_size: int, scales=MULTISCALE) -> int:
-    """The size (square) the whole image is resized to before `mode` cuts its views of `image_size`."""
-    check_choice("tta", mode, MODES)
-    if mode in ("none", "flip"):
-        return int(image_size)
-    if mode == "multiscale":
-        return scaled(max(scales), image_size)
-    return scaled(CROP_SOURCE, image_size)
-
-
-def view_count(mode: str, scales=MULTISCALE) -> int:
-    check_choice("tta", mode, MODES)
-    return {"none": 1, "center": 1, "flip": 2, "five_crop": 5, "ten_crop": 10}.get(mode, 10 * len(scales))
-
-
-def sources_per_pass(batch_size: int, mode: str, scales=MULTISCALE) -> int:
-    """Images per forward pass so that a pass holds about `batch_size` views (at least one image)."""
-    return max(1, int(batch_size) // view_count(mode, scales))
+# The names of `augment.tta_modes` are part of this module's interface too.
+__all__ = [
+    "AUTO_MODES", "COMBINES", "CROP_SOURCE", "MODES", "MULTISCALE", "REFERENCE_SIZE", "TTAAverage", "TTACrops",
+    "build_tta_model", "choose_tta", "resolve_mode", "scaled", "source_size", "sources_per_pass", "view_count",
+    "view_probabilities",
+]
 
 
 def _mirror(images):
@@ -107,7 +82,7 @@ class TTACrops(keras.layers.Layer):
     """Cuts the views of a TTA mode: [B, source, source, C] -> [B * views, S, S, C], image-major.
 
     Rows b * views ... (b + 1) * views - 1 of the output are the views of image b, in the order
-    of the table in this module's docstring (corners: top left, top right, bottom left, bottom
+    of the table in `augment.tta_modes` (corners: top left, top right, bottom left, bottom
     right, then centre; mirror images after).
 
     Args:
@@ -134,7 +109,7 @@ class TTACrops(keras.layers.Layer):
     def build(self, input_shape):
         height, width = input_shape[1], input_shape[2]
         if (height, width) != (self.source_size, self.source_size):
-            raise FinetuneError(
+            raise AugmentError(
                 f"TTA mode {self.mode!r} for {self.image_size}-px models takes {self.source_size}x{self.source_size} "
                 f"images (see augment.tta.source_size). Received: input shape {tuple(input_shape)}"
             )
@@ -235,25 +210,9 @@ def _single_output(outputs):
     """A model saved with its outputs as a one-element list gives a list when called: take the tensor."""
     if isinstance(outputs, (list, tuple)):
         if len(outputs) != 1:
-            raise FinetuneError(f"TTA needs a model with one output (probabilities); this one has {len(outputs)}.")
+            raise AugmentError(f"TTA needs a model with one output (probabilities); this one has {len(outputs)}.")
         return outputs[0]
     return outputs
-
-
-def resolve_mode(tta: str | None, recorded) -> str:
-    """The mode to use: `tta` itself, or for "auto" (and None) the mode a run recorded (`config.json["tta"]`).
-
-    `recorded` may be a mode, {"mode": mode, ...}, or None (then "none").
-    """
-    tta = "auto" if tta is None else tta
-    if tta != "auto":
-        check_choice("tta", tta, MODES)
-        return tta
-    if isinstance(recorded, dict):
-        recorded = recorded.get("mode")
-    recorded = recorded or "none"
-    check_choice("tta", recorded, MODES)
-    return recorded
 
 
 def view_probabilities(model, images, mode: str, image_size: int | None = None, batch_size: int = 32,
@@ -308,14 +267,14 @@ def choose_tta(model, val_images, val_labels, modes=AUTO_MODES, image_size: int 
     """
     modes = list(modes)
     if not modes:
-        raise FinetuneError("`modes` must name at least one TTA mode. Received: modes=[]")
+        raise AugmentError("`modes` must name at least one TTA mode. Received: modes=[]")
     for mode in modes:
         check_choice("tta", mode, MODES)
     check_choice("combine", combine, COMBINES)
     image_size = int(image_size or model.input_shape[1])
     labels = np.asarray(val_labels, dtype=np.int64)
     if len(labels) == 0:
-        raise FinetuneError("`val_labels` is empty: choosing a TTA mode needs validation images.")
+        raise AugmentError("`val_labels` is empty: choosing a TTA mode needs validation images.")
     images_at = _images_at(val_images, image_size)
     passes = {}
     accuracies = {}
@@ -324,7 +283,7 @@ def choose_tta(model, val_images, val_labels, modes=AUTO_MODES, image_size: int 
         if pass_mode not in passes:
             images = images_at(source_size(pass_mode, image_size, scales))
             if len(images) != len(labels):
-                raise FinetuneError(
+                raise AugmentError(
                     f"`val_images` gave {len(images)} images at size {source_size(pass_mode, image_size, scales)} "
                     f"for {len(labels)} labels; every size must give the same images in the same order."
                 )
@@ -342,7 +301,7 @@ def _images_at(val_images, image_size: int):
         return val_images
     array = np.asarray(val_images)
     if array.ndim != 4 or array.shape[1:3] != (image_size, image_size):
-        raise FinetuneError(
+        raise AugmentError(
             f"`val_images` must be images [N, {image_size}, {image_size}, 3] or a callable size -> images. "
             f"Received: an array of shape {array.shape}"
         )

@@ -1,12 +1,20 @@
-"""The one exception type a user sees.
+"""The exceptions a user sees.
 
 A `FinetuneError` carries a message that names what was wrong, what is allowed and how to fix
 it. The CLI prints it without a traceback and exits with status 2; everything else is a bug.
+`augment`, a library of its own, raises its own `AugmentError`; `USER_ERRORS` holds both.
 """
+
+from augment.errors import AugmentError
 
 
 class FinetuneError(Exception):
     """A problem with the user's input (a folder, a file, an argument), with the fix in its text."""
+
+
+# What the CLI and the app catch as a user's mistake (a message to show, not a bug): the errors
+# of `finetune` and of the `augment` library it drives, which cannot know `FinetuneError`.
+USER_ERRORS = (FinetuneError, AugmentError)
 
 
 def check_choice(argument: str, value, allowed) -> None:

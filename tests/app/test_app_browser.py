@@ -92,7 +92,7 @@ def browser_page(width: int = 1280, height: int = 900):
 
 def test_upload_in_a_real_browser(tmp_path):
     import finetune
-    from app import logic
+    from app import uploads
 
     data = write_image_folder(tmp_path / "data", classes=("blue", "red"), per_class=4, size=48)
     run = finetune.train(
@@ -100,7 +100,7 @@ def test_upload_in_a_real_browser(tmp_path):
         out=tmp_path / "models" / "tiny-run",
     )  # fmt: skip
     files = {"first.png": (data / "blue" / "0.png").read_bytes(), "second.jpg": image_bytes("red", "JPEG")}
-    expected = {name: logic.predict_upload(run, name, data).predictions[0]["label"] for name, data in files.items()}
+    expected = {name: uploads.predict_upload(run, name, data).predictions[0]["label"] for name, data in files.items()}
 
     with serve_app(tmp_path / "models", tmp_path) as url, browser_page() as page:
         page.set_default_timeout(60_000)

@@ -2,21 +2,23 @@
 
 import io
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from app import logic
+import finetune
+import finetune.inference
+from app import listing, results, uploads
+from finetune.export.writer import export_ensemble
 from tests.app.conftest import bomb_png, image_bytes, write_colour_run
 
 APP = str(Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py")
 
 
 def start_app(models_dir, monkeypatch, **environment) -> AppTest:
-    monkeypatch.setenv(logic.MODELS_DIR_VARIABLE, str(models_dir))
+    monkeypatch.setenv(listing.MODELS_DIR_VARIABLE, str(models_dir))
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     app = AppTest.from_file(APP, default_timeout=60)
@@ -62,16 +64,16 @@ def test_sidebar_lists_runs_with_their_facts(tmp_path, monkeypatch):
 
 
 def test_models_dir_comes_from_the_argument_then_the_environment(tmp_path):
-    assert logic.models_dir_from(["--models-dir", "runs"], {logic.MODELS_DIR_VARIABLE: "other"}) == Path("runs")
-    assert logic.models_dir_from(["-q", "x"], {logic.MODELS_DIR_VARIABLE: "other"}) == Path("other")
-    assert logic.models_dir_from([], {}) == Path("models")
+    assert listing.models_dir_from(["--models-dir", "runs"], {listing.MODELS_DIR_VARIABLE: "other"}) == Path("runs")
+    assert listing.models_dir_from(["-q", "x"], {listing.MODELS_DIR_VARIABLE: "other"}) == Path("other")
+    assert listing.models_dir_from([], {}) == Path("models")
 
 
 def test_empty_models_folder_says_how_to_make_a_model(tmp_path, monkeypatch):
     app = start_app(tmp_path, monkeypatch)
     message = app.warning[0].value
     assert f"No trained model found in `{tmp_path}`" in message
-    assert "make demo" in message and "finetune train DATA_DIR" in message and logic.MODELS_DIR_VARIABLE in message
+    assert "make demo" in message and "finetune train DATA_DIR" in message and listing.MODELS_DIR_VARIABLE in message
     assert not app.file_uploader  # nothing to upload to without a model
     missing = start_app(tmp_path / "nothing-here", monkeypatch)
     assert "nothing-here` does not exist" in missing.warning[0].value
@@ -85,10 +87,10 @@ def test_damaged_model_file_is_a_message_not_a_traceback(tmp_path, monkeypatch):
 
 
 def test_tta_selector_offers_the_library_modes(colour_models_dir, monkeypatch):
-    pytest.importorskip("augment.tta")
     app = start_app(colour_models_dir, monkeypatch)
     selector = tta_selector(app)
-    assert set(logic.TTA_MODES) <= set(selector.options) and not selector.disabled
+    assert list(selector.options) == list(finetune.inference.TTA_MODES) and not selector.disabled
+    assert "center" in selector.options
     selector.set_value("ten_crop").run()
     upload(app, ("tomato.png", image_bytes("red"), "image/png"))
     row = table(app)["tomato.png"]
@@ -97,14 +99,17 @@ def test_tta_selector_offers_the_library_modes(colour_models_dir, monkeypatch):
     assert views.label == "The 10 views TTA averaged" and len(views.children[0].proto.imgs) == 1
 
 
-def test_tta_selector_is_disabled_with_a_note_without_augment_tta(colour_models_dir, monkeypatch):
-    monkeypatch.setitem(sys.modules, "augment.tta", None)  # as if augment/tta.py were missing
-    app = start_app(colour_models_dir, monkeypatch)
+def test_tta_selector_is_disabled_with_a_note_for_an_export_with_tta_inside(tmp_path, monkeypatch):
+    export_ensemble([write_colour_run(tmp_path / "runs" / "a")], tmp_path / "models" / "flipped", members="best", tta="flip")
+    app = start_app(tmp_path / "models", monkeypatch)
     selector = tta_selector(app)
-    assert selector.disabled and list(selector.options) == list(logic.TTA_MODES)
-    assert "needs augment/tta.py" in " ".join(caption.value for caption in app.sidebar.caption)
+    assert selector.disabled and list(selector.options) == list(finetune.inference.TTA_MODES)
+    captions = " ".join(caption.value for caption in app.sidebar.caption)
+    assert "This export averages flip views inside the model already. Images are predicted whole." in captions
+    assert "TTA flip inside" in app.sidebar.markdown[0].value
     upload(app, ("tomato.png", image_bytes("red"), "image/png"))
-    assert table(app)["tomato.png"]["tta"] == "none"
+    row = table(app)["tomato.png"]
+    assert row["tta"] == "none" and row["label"] == "red"
 
 
 def test_predicts_uploaded_images_from_their_bytes(colour_models_dir, monkeypatch):
@@ -129,7 +134,7 @@ def test_format_is_read_from_the_content_not_the_name(colour_models_dir, monkeyp
 
 
 def test_bad_files_get_messages_and_the_others_are_still_predicted(colour_models_dir, monkeypatch):
-    app = start_app(colour_models_dir, monkeypatch, **{logic.MAX_UPLOAD_VARIABLE: "0.05"})  # 50 kB
+    app = start_app(colour_models_dir, monkeypatch, **{uploads.MAX_UPLOAD_VARIABLE: "0.05"})  # 50 kB
     jpeg = image_bytes("blue", "JPEG", size=(200, 200))
     big = image_bytes("red", "BMP", size=(200, 200))  # 120 kB
     upload(
@@ -157,15 +162,15 @@ def test_results_download_as_csv(colour_models_dir, monkeypatch):
     app = start_app(colour_models_dir, monkeypatch)
     upload(app, ("tomato.png", image_bytes("red"), "image/png"), ("notes.jpg", b"words", "image/jpeg"))
     assert [button.proto.label for button in app.get("download_button")] == ["Download all results (CSV)"]
-    run = logic.load_run(next(colour_models_dir.iterdir()))
-    results = [logic.predict_upload(run, "tomato.png", image_bytes("red")), logic.predict_upload(run, "notes.jpg", b"words")]
-    lines = logic.results_csv(results).splitlines()
+    run = finetune.load_run(next(colour_models_dir.iterdir()))
+    predicted = [uploads.predict_upload(run, "tomato.png", image_bytes("red")), uploads.predict_upload(run, "notes.jpg", b"words")]
+    lines = results.results_csv(predicted).splitlines()
     assert lines[0] == "file,label,probability,top_k,latency_ms,tta,member_agreement,error"
     assert lines[1].startswith("tomato.png,red,0.9") and lines[2].startswith("notes.jpg,,,")
 
 
 def test_samples_can_be_picked_instead_of_uploaded(colour_models_dir, monkeypatch):
-    samples = logic.sample_files()
+    samples = uploads.sample_files()
     if not samples:
         pytest.skip("the bundled sample images are not installed")
     app = start_app(colour_models_dir, monkeypatch)
@@ -175,9 +180,8 @@ def test_samples_can_be_picked_instead_of_uploaded(colour_models_dir, monkeypatc
 
 
 def test_exported_ensemble_is_listed_and_its_members_agreement_shown(tmp_path, monkeypatch):
-    export = pytest.importorskip("finetune.export")
     runs = [write_colour_run(tmp_path / "runs" / name, contrary=name == "c") for name in ("a", "b", "c")]
-    export.export_ensemble(runs, tmp_path / "models" / "exports" / "colours", members="best")
+    export_ensemble(runs, tmp_path / "models" / "exports" / "colours", members="best")
     write_colour_run(tmp_path / "models" / "single")
     app = start_app(tmp_path / "models", monkeypatch)
     picker = app.sidebar.selectbox(key="model")
@@ -193,21 +197,16 @@ def test_exported_ensemble_is_listed_and_its_members_agreement_shown(tmp_path, m
 
 @pytest.mark.parametrize("tta", ["none", "five_crop"])
 def test_app_predicts_what_finetune_predict_predicts(colour_models_dir, tmp_path, tta):
-    if tta != "none":
-        pytest.importorskip("augment.tta")
-    import finetune
-
-    run = logic.load_run(next(colour_models_dir.iterdir()))
+    run = finetune.load_run(next(colour_models_dir.iterdir()))
     photo = tmp_path / "photo.jpg"
     photo.write_bytes(image_bytes("red", "JPEG", size=(90, 60)))
     from_library = finetune.predict(run, [photo], top_k=2, tta=tta)[0]["predictions"]
-    from_app = logic.predict_upload(run, "photo.jpg", photo.read_bytes(), tta=tta, top_k=2).predictions
+    from_app = uploads.predict_upload(run, "photo.jpg", photo.read_bytes(), tta=tta, top_k=2).predictions
     assert [p["label"] for p in from_app] == [p["label"] for p in from_library]
     assert [p["probability"] for p in from_app] == pytest.approx([p["probability"] for p in from_library], abs=1e-5)
 
 
 def test_tta_starts_at_the_mode_training_chose(tmp_path, monkeypatch):
-    pytest.importorskip("augment.tta")
     run_dir = write_colour_run(tmp_path / "with-tta")
     config = json.loads((run_dir / "config.json").read_text())
     (run_dir / "config.json").write_text(json.dumps({**config, "tta": {"mode": "flip"}}))
@@ -218,12 +217,10 @@ def test_tta_starts_at_the_mode_training_chose(tmp_path, monkeypatch):
 
 
 def test_a_run_whose_head_saw_the_validation_split_shows_its_cross_validated_accuracy(tmp_path):
-    import finetune
-
     directory = write_colour_run(tmp_path / "linear-run", val_accuracy=1.0)
     (directory / "metrics.json").write_text(json.dumps({"val_accuracy": 1.0, "val": {"accuracy": 1.0, "held_out": False},
                                                         "cv_accuracy": 0.9}))
-    entry = logic.describe(finetune.load_run(directory), directory)
+    entry = listing.describe(finetune.load_run(directory), directory)
     assert (entry.accuracy_kind, entry.accuracy) == ("Cross-validated accuracy", 0.9)
-    held_out = logic.describe(finetune.load_run(write_colour_run(tmp_path / "other")), tmp_path / "other")
+    held_out = listing.describe(finetune.load_run(write_colour_run(tmp_path / "other")), tmp_path / "other")
     assert (held_out.accuracy_kind, held_out.accuracy) == ("Validation accuracy", 0.75)

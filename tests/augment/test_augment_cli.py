@@ -1,12 +1,15 @@
-"""`finetune augment-preview` and the `--tta` options of `finetune evaluate` and `finetune predict`."""
+"""`finetune augment-preview`, the `--augment` flags, and the `--tta` options of `finetune evaluate` and `finetune predict`."""
 
+import argparse
 import json
 
 import pytest
 from PIL import Image
 
+import augment
 import finetune
 from finetune.cli import main
+from finetune.cli_augment import add_augment_arguments, augment_overrides
 from finetune.run import CONFIG_FILE
 from tests.conftest import write_image_folder
 
@@ -29,6 +32,31 @@ def test_augment_preview_rejects_an_unknown_preset(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["augment-preview", str(data), "--augment", "medium"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_augment_preview_rejects_bad_counts_before_reading_the_folder(tmp_path, capsys):
+    assert main(["augment-preview", str(tmp_path / "missing"), "--images", "0"]) == 2
+    assert "`images` and `samples` must be at least 1. Received: images=0, samples=5" in capsys.readouterr().err
+
+
+def test_an_augment_error_is_a_user_error_for_the_cli(tmp_path, capsys):
+    # An option out of range: `augment` raises AugmentError, which the CLI reports like its own errors.
+    data = write_image_folder(tmp_path / "data", per_class=2)
+    assert main(["augment-preview", str(data), "--crop-area", "0.9", "0.2", "--out", str(tmp_path / "grid.png")]) == 2
+    assert "Received: crop_area=(0.9, 0.2)" in capsys.readouterr().err
+    assert not (tmp_path / "grid.png").exists()
+
+
+def test_cli_flags_become_overrides():
+    parser = argparse.ArgumentParser()
+    add_augment_arguments(parser)
+    assert parser.parse_args([]).augment == "none"
+    arguments = parser.parse_args(["--augment", "standard", "--mixup", "0.2", "--no-horizontal-flip",
+                                   "--crop-area", "0.5", "1", "--augment-placement", "model"])
+    overrides = augment_overrides(arguments)
+    assert overrides == {"mixup": 0.2, "horizontal_flip": False, "crop_area": [0.5, 1.0], "placement": "model"}
+    options = augment.resolve(arguments.augment, **overrides)
+    assert options.mixup == 0.2 and not options.horizontal_flip and options.crop_area == (0.5, 1.0)
 
 
 @pytest.fixture(scope="module")

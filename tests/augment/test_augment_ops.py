@@ -1,17 +1,11 @@
-"""The training augmentation: geometry of crops and flips, colour, erasing, shapes, seeded determinism."""
+"""The augmentation layers of `augment.layers`: geometry of crops and flips, colour, erasing."""
 
-import json
-
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import augment
 from augment.layers import ColorJitter, Cutout, RandomView
 from augment.seeding import StatelessSeeds
-from finetune.data import make_dataset
-from finetune.errors import FinetuneError
 
 
 def coordinate_images(count: int, size: int) -> np.ndarray:
@@ -96,84 +90,3 @@ def test_cutout_fills_a_rectangle_of_the_drawn_size():
     assert np.all(erased > 0)
     output, _ = apply(Cutout(probability=0.0), images)
     np.testing.assert_array_equal(output, images)
-
-
-@pytest.mark.parametrize("preset", ["light", "standard", "strong"])
-def test_presets_build_and_keep_shape_dtype_and_range(preset):
-    augmenter = augment.build_augmenter(preset, seed=0)
-    images = np.random.default_rng(0).uniform(0, 255, (5, 32, 32, 3)).astype(np.float32)
-    output = np.asarray(augmenter(images))
-    assert output.shape == images.shape and output.dtype == np.float32
-    assert output.min() >= 0 and output.max() <= 255
-    assert not np.array_equal(output, images)
-
-
-def test_none_preset_has_no_augmenter_and_describe_is_json():
-    assert augment.build_augmenter("none") is None
-    assert augment.build_augmenter("none", mixup=0.2) is None  # mixing is not a per-image operation
-    for preset in augment.PRESETS:
-        description = augment.describe(preset)
-        json.dumps(description)
-        assert description["preset"] == preset
-    assert augment.describe("light")["views"]["area"] == [0.64, 1.0]
-    assert augment.describe("none", scale_jitter=(256, 480))["views"]["area"] == pytest.approx([0.2178, 0.7656], abs=1e-4)
-
-
-def test_unknown_preset_and_option_are_clear_errors():
-    with pytest.raises(FinetuneError, match="Allowed: none, light, standard, strong"):
-        augment.resolve("medium")
-    with pytest.raises(FinetuneError, match="Unknown augmentation option `mixpu`"):
-        augment.resolve("standard", mixpu=0.2)
-    with pytest.raises(FinetuneError, match="Received: crop_area="):
-        augment.resolve("standard", crop_area=(0.9, 0.2))
-    with pytest.raises(FinetuneError, match="Received: cutmix=2.0"):
-        augment.resolve("standard", cutmix=2.0)
-
-
-def dataset_batches(seed, images, labels):
-    augmenter = augment.build_augmenter("strong", seed=seed)
-    dataset = make_dataset(images, labels, batch_size=8, shuffle=True, seed=0, augment=augmenter, repeat=True)
-    return [batch.numpy() for batch, _ in dataset.take(8)]
-
-
-def test_the_parallel_pipeline_is_deterministic_for_a_seed():
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 255, (24, 24, 24, 3)).astype(np.uint8)
-    labels = rng.integers(0, 3, 24)
-    first, second = dataset_batches(1, images, labels), dataset_batches(1, images, labels)
-    for a, b in zip(first, second):
-        np.testing.assert_array_equal(a, b)
-    other = dataset_batches(2, images, labels)
-    assert not np.array_equal(first[0], other[0])
-    # Epochs differ: batches 0-2 and 3-5 hold the same images, shuffled and augmented anew.
-    assert not np.array_equal(np.sort(first[0].ravel()), np.sort(first[3].ravel()))
-
-
-def test_in_model_placement_augments_only_while_training(tmp_path):
-    augmenter = augment.build_augmenter("standard", seed=0, placement="model")
-    inputs = keras.Input((16, 16, 3))
-    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs))
-    training_model = augment.with_augmentation(model, augmenter)
-    images = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3)).astype(np.float32)
-    np.testing.assert_allclose(training_model.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-4)
-    np.testing.assert_allclose(np.asarray(training_model(images)), np.asarray(model(images)), atol=1e-4)
-    assert not np.allclose(np.asarray(training_model(images, training=True)), np.asarray(model(images)), atol=1e-2)
-    path = tmp_path / "augmented.keras"
-    training_model.save(path)
-    loaded = keras.saving.load_model(path, safe_mode=True)
-    assert loaded.get_layer("augmenter").options == augmenter.options
-
-
-def test_cli_flags_become_overrides():
-    import argparse
-
-    from augment.options import add_arguments, overrides_from_arguments
-
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    arguments = parser.parse_args(["--augment", "standard", "--mixup", "0.2", "--no-horizontal-flip",
-                                   "--crop-area", "0.5", "1", "--augment-placement", "model"])
-    overrides = overrides_from_arguments(arguments)
-    assert overrides == {"mixup": 0.2, "horizontal_flip": False, "crop_area": [0.5, 1.0], "placement": "model"}
-    options = augment.resolve(arguments.augment, **overrides)
-    assert options.mixup == 0.2 and not options.horizontal_flip and options.crop_area == (0.5, 1.0)

@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 import augment
+from augment.errors import AugmentError
 from finetune.data import make_dataset
 
 
@@ -68,3 +69,18 @@ def test_mix_dataset_is_deterministic_and_trains_with_its_loss():
     val = augment.one_hot_dataset(make_dataset(images, labels, 5, False, 0), 3)
     history = model.fit(train, validation_data=val, epochs=1, verbose=0)
     assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(history.history)
+
+
+@pytest.mark.parametrize("mixup, cutmix, received", [(-0.1, 0.0, "mixup=-0.1"), (float("nan"), 0.0, "mixup=nan"),
+                                                     (0.0, 1.5, "cutmix=1.5")])
+def test_mixer_and_resolve_reject_the_same_values_alike(mixup, cutmix, received):
+    with pytest.raises(AugmentError, match=f"Received: {received}") as from_mixer:
+        augment.Mixer(3, mixup, cutmix)
+    with pytest.raises(AugmentError) as from_options:
+        augment.resolve("none", mixup=mixup, cutmix=cutmix)
+    assert str(from_mixer.value) == str(from_options.value)
+
+
+def test_mixer_needs_two_classes():
+    with pytest.raises(AugmentError, match="Received: num_classes=1"):
+        augment.Mixer(1)

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from augment.errors import AugmentError
 from augment.tta import (
     MODES,
     TTAAverage,
@@ -15,7 +16,6 @@ from augment.tta import (
     view_count,
     view_probabilities,
 )
-from finetune.errors import FinetuneError
 
 SIZE = 28  # source sizes: 32 for the crops (28 * 256 / 224), 80 for multiscale
 
@@ -80,7 +80,7 @@ def test_multiscale_has_ten_crops_at_each_scale():
 
 
 def test_wrong_source_size_is_a_clear_error():
-    with pytest.raises(FinetuneError, match="takes 32x32"):
+    with pytest.raises(AugmentError, match="takes 32x32"):
         TTACrops("ten_crop", SIZE)(np.zeros((1, SIZE, SIZE, 3), np.float32))
 
 
@@ -192,7 +192,7 @@ def test_resolve_mode_reads_what_training_recorded():
     assert resolve_mode("auto", {"mode": "flip", "accuracies": {}}) == "flip"
     assert resolve_mode("auto", None) == "none"
     assert resolve_mode("center", "flip") == "center"
-    with pytest.raises(FinetuneError, match="Received: tta='eleven_crop'"):
+    with pytest.raises(AugmentError, match="Received: tta='eleven_crop'"):
         resolve_mode("eleven_crop", None)
 
 
