@@ -88,7 +88,8 @@ def _model_rates(image_size: int = 224, batch_size: int = 32) -> dict:
     """MobileNetV2 (alpha 1.0) images per second (fastest of 4 steps): forward, training the top 2 groups, all."""
     import keras
 
-    from finetune.training import build_classifier, unfreeze_top_groups
+    from finetune.freezing import unfreeze_top_groups
+    from finetune.model import build_classifier
     from finetune.zoo import build_backbone, get_spec
 
     spec = get_spec("mobilenet_v2")
@@ -164,7 +165,7 @@ def part_pipeline() -> None:
 
 def part_tta_cost(image_size: int = 224) -> None:
     from augment.tta import MODES, build_tta_model, source_size, view_count
-    from finetune.training import build_classifier
+    from finetune.model import build_classifier
     from finetune.zoo import build_backbone, get_spec
 
     spec = get_spec("mobilenet_v2")
@@ -218,7 +219,7 @@ TTA_SETTINGS = ("none", "light", "scale jitter 256-480 + flip")
 class Setup:
     def __init__(self, name: str, image_size: int, batch_size: int = 32):
         from finetune import data as data_module
-        from finetune.training import build_classifier, feature_extractor
+        from finetune.model import build_classifier, feature_extractor
         from finetune.zoo import build_backbone, get_spec
 
         self.name, self.image_size, self.batch_size = name, image_size, batch_size
@@ -394,7 +395,7 @@ def part_finetune(sets, image_size: int, epochs: int, learning_rate: float = 1e-
     import augment
     from finetune.data import make_dataset
     from finetune.head import fit_linear_head
-    from finetune.training import unfreeze_top_groups
+    from finetune.freezing import unfreeze_top_groups
     from finetune.zoo import get_spec
 
     rows = []

@@ -116,7 +116,7 @@ def make_model(context: dict, seed: int):
     """The top blocks (ImageNet weights, BatchNorm frozen) + pooling + dropout + the fitted head."""
     import keras
 
-    from finetune.training import freeze_batch_norm
+    from finetune.freezing import freeze_batch_norm
 
     keras.utils.set_random_seed(seed)
     top = keras.models.clone_model(context["top"])
@@ -261,9 +261,9 @@ def quantisation_trial(context: dict, epochs: int, cycles: int, restart: float, 
 
     from finetune.callbacks import SnapshotSaver
     from finetune.ensemble import load_members
-    from finetune.export import export_ensemble
+    from finetune.export.writer import export_ensemble
     from finetune.inference import evaluate
-    from finetune.run import atomic_write_json, save_model_atomic
+    from finetune.files import atomic_write_json, save_model_atomic
     from finetune.schedules import build_schedule
 
     run_dir = work / f"{context['name']}-run"

@@ -28,7 +28,7 @@ def train(data_dir: str | None = None, *, config=None, **options):
     import dataclasses
 
     from finetune.config import DataConfig, ModelConfig, TrainConfig
-    from finetune.training import train as train_with_config
+    from finetune.pipeline import train as train_with_config
 
     config = dataclasses.replace(config) if config is not None else TrainConfig()
     config.data = dataclasses.replace(config.data)

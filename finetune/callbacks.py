@@ -79,7 +79,7 @@ class SnapshotSaver(keras.callbacks.Callback):
         finished = epoch + 1 - self.offset_epochs
         if finished <= 0 or finished % self.cycle_epochs:
             return
-        from finetune.run import save_model_atomic
+        from finetune.files import save_model_atomic
 
         path = self.snapshot_path(finished // self.cycle_epochs)
         # A fresh functional model over the same layers: saved without the optimizer's state,

@@ -20,77 +20,18 @@ import os
 import sys
 from pathlib import Path
 
-from finetune.config import PolicyConfig
-from finetune.errors import FinetuneError
+from finetune import cli_arguments
+from finetune.errors import USER_ERRORS, FinetuneError
 
 SAMPLE_DIR = Path(__file__).parent / "sample_data" / "textures"
 
 
-STRATEGY_CHOICES = ("auto", "linear", "finetune_top", "finetune_most", "multistage_linear", "full")
-
-
-def _add_policy_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = PolicyConfig()
-    parser.add_argument("--lots-per-class", type=int, default=defaults.lots_per_class,
-                        help="policy: a smallest class with at least this many training images is 'quite a lot' "
-                             f"(default: {defaults.lots_per_class})")
-    parser.add_argument("--similarity-margin", type=float, default=defaults.similarity_margin,
-                        help="policy: the top stage within this cross-validated accuracy of the best lower stage means "
-                             f"'similar' (default: {defaults.similarity_margin})")
-
-
-def _policy_config(arguments) -> PolicyConfig:
-    return PolicyConfig(lots_per_class=arguments.lots_per_class, similarity_margin=arguments.similarity_margin)
-
-
-def _add_schedule_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("finetuning schedule (see finetune.schedules)")
-    group.add_argument("--schedule", default="cosine",
-                       choices=("constant", "step", "exponential", "inverse_time", "cosine", "cyclic", "snapshot"),
-                       help="learning-rate decay of finetuning (default: cosine)")
-    group.add_argument("--warmup-epochs", type=int, default=1, help="epochs of warmup before the decay (default: 1)")
-    group.add_argument("--warmup", choices=("linear", "constant", "none"), default="linear",
-                       help="gradual (linear, default) or constant warmup, or none")
-    group.add_argument("--decay-factor", type=float, default=None, help="step decay: multiply the rate by this (default: 0.1)")
-    group.add_argument("--decay-every", type=int, default=None, help="step decay: every N epochs")
-    group.add_argument("--decay-milestones", type=int, nargs="+", default=None, help="step decay: at these epochs instead")
-    group.add_argument("--decay-rate", type=float, default=None, help="exponential and inverse_time decay rate per epoch")
-    group.add_argument("--snapshots", type=int, default=0,
-                       help="snapshot ensemble: M >= 2 cosine cycles, one saved model per cycle (default: 0, off)")
-    group.add_argument("--tta", default="auto", choices=TTA_CHOICES,
-                       help="test-time augmentation to record: auto measures each mode on validation data (default)")
-
-
-def _schedule_options(arguments) -> dict:
-    names = {"decay_factor": "factor", "decay_every": "every_epochs", "decay_milestones": "milestones", "decay_rate": "decay_rate"}
-    return {option: getattr(arguments, name) for name, option in names.items() if getattr(arguments, name) is not None}
-
-
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backbone", default="mobilenet_v2_torchvision", help="a name from `finetune zoo` (default: mobilenet_v2_torchvision)")
-    parser.add_argument("--weights", default="imagenet", help="imagenet (default), none (from scratch) or a weights file")
-    parser.add_argument("--alpha", type=float, default=None, help="width multiplier of the MobileNets")
-    parser.add_argument("--image-size", type=int, default=None, help="input size in pixels (default: the backbone's)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=10, help="finetuning epochs after the head (0: head only)")
-    parser.add_argument("--strategy", default="auto", choices=STRATEGY_CHOICES,
-                        help="what to freeze and train (default: auto, picked by `finetune policy`)")
-    parser.add_argument("--unfreeze-groups", type=int, default=None,
-                        help="top freeze groups to finetune (default: the strategy's share of the backbone)")
-    parser.add_argument("--learning-rate", type=float, default=1e-3,
-                        help="head learning rate while finetuning; the backbone gets 1/10 (default: 1e-3)")
-    _add_policy_arguments(parser)
-    _add_schedule_arguments(parser)
-    from augment.options import add_arguments as add_augment_arguments
+    cli_arguments.add_training_arguments(parser)
+    from finetune.cli_augment import add_augment_arguments
 
     add_augment_arguments(parser, default_preset="none")
-    parser.add_argument("--patience", type=int, default=3, help="early-stopping patience in epochs (default: 3)")
-    parser.add_argument("--val-fraction", type=float, default=0.2, help="validation share when there is no val/ folder")
-    parser.add_argument("--max-megapixels", type=float, default=89.0, help="skip larger images (decompression bombs)")
-    parser.add_argument("--no-cache", action="store_true", help="do not cache decoded images on disk")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None, help="run directory (default: models/<data>-<backbone>-<time>)")
-    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    cli_arguments.add_run_arguments(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,103 +46,37 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_arguments(demo)
     demo.set_defaults(image_size=128, epochs=0)
 
-    evaluate = commands.add_parser("evaluate", help="evaluate a run on a labelled folder (its test/ split if any)")
-    evaluate.add_argument("run_dir", metavar="RUN_DIR")
-    evaluate.add_argument("data_dir", metavar="DATA_DIR")
-    evaluate.add_argument("--batch-size", type=int, default=32)
-    _add_tta_arguments(evaluate)
-    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
-
-    predict = commands.add_parser("predict", help="top-k labels of images")
-    predict.add_argument("run_dir", metavar="RUN_DIR")
-    predict.add_argument("inputs", metavar="IMAGE_OR_DIR", nargs="+")
-    predict.add_argument("--top-k", type=int, default=3)
-    predict.add_argument("--batch-size", type=int, default=32)
-    _add_tta_arguments(predict)
-    predict.add_argument("--json", action="store_true", help="print a JSON list")
-
+    cli_arguments.add_evaluate_and_predict_commands(commands)
     _add_augment_preview_command(commands)
 
-    check = commands.add_parser("check-data", help="the data set's health report")
-    check.add_argument("data_dir", metavar="DATA_DIR")
-    check.add_argument("--val-fraction", type=float, default=0.2)
-    check.add_argument("--max-megapixels", type=float, default=89.0)
-    check.add_argument("--seed", type=int, default=0)
-    check.add_argument("--json", action="store_true")
-
-    policy = commands.add_parser("policy", help="measure data size and similarity, and pick a transfer strategy")
-    policy.add_argument("data_dir", metavar="DATA_DIR")
-    policy.add_argument("--backbone", default="mobilenet_v2_torchvision")
-    policy.add_argument("--weights", default="imagenet")
-    policy.add_argument("--alpha", type=float, default=None)
-    policy.add_argument("--image-size", type=int, default=None)
-    policy.add_argument("--batch-size", type=int, default=32)
-    policy.add_argument("--val-fraction", type=float, default=0.2)
-    policy.add_argument("--seed", type=int, default=0)
-    policy.add_argument("--json", action="store_true", help="print strategy, size, similarity, thresholds, reasons as JSON")
-    _add_policy_arguments(policy)
-
-    app = commands.add_parser("app", help="the web app: pick a model, upload images, see predictions (Streamlit)")
-    app.add_argument("--models-dir", default=None, help="where to look for runs and exports (default: $FINETUNE_MODELS_DIR or models/)")
-    app.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1; 0.0.0.0 for other machines)")
-    app.add_argument("--port", type=int, default=8501)
-
-    _add_check_and_export_commands(commands)
-
-    zoo = commands.add_parser("zoo", help="list the backbones")
-    zoo.add_argument("--json", action="store_true")
+    cli_arguments.add_check_data_and_policy_commands(commands)
+    cli_arguments.add_app_command(commands)
+    cli_arguments.add_check_and_export_commands(commands)
+    cli_arguments.add_zoo_command(commands)
     return parser
 
 
-TTA_CHOICES = ("auto", "none", "center", "flip", "five_crop", "ten_crop", "multiscale")
-
-
-def _add_tta_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tta", choices=TTA_CHOICES, default="auto",
-                        help="test-time augmentation (default: auto, the mode training chose on validation data, else none)")
-    parser.add_argument("--tta-combine", choices=("mean", "geometric"), default="mean",
-                        help="average the views' probabilities (default) or take their geometric mean")
-
-
 def _add_augment_preview_command(commands) -> None:
-    from augment.options import add_arguments
+    from finetune.cli_augment import add_augment_preview_command
 
-    preview = commands.add_parser("augment-preview", help="a grid of training images and augmented samples (PNG)")
-    preview.add_argument("data_dir", metavar="DATA_DIR")
-    preview.add_argument("--out", default="augment-preview.png", help="the PNG to write (default: augment-preview.png)")
-    preview.add_argument("--image-size", type=int, default=160, help="images are resized to this, as in training (default: 160)")
-    preview.add_argument("--images", type=int, default=6, help="rows: training images, classes in turn (default: 6)")
-    preview.add_argument("--samples", type=int, default=5, help="augmented samples of each (default: 5)")
-    preview.add_argument("--seed", type=int, default=0)
-    add_arguments(preview, default_preset="standard")
+    add_augment_preview_command(commands)
 
 
 def _run_augment_preview(arguments) -> None:
-    from augment.options import overrides_from_arguments
-    from augment.preview import write_preview
+    from finetune.cli_augment import run_augment_preview
 
-    path = write_preview(
-        arguments.out, arguments.data_dir, preset=arguments.augment, seed=arguments.seed, images=arguments.images,
-        samples=arguments.samples, image_size=arguments.image_size, **overrides_from_arguments(arguments),
-    )
-    print(f"Wrote {path}")
+    run_augment_preview(arguments)
 
 
 def _train_config(arguments, source: str):
-    from augment.options import overrides_from_arguments
-    from finetune.config import DataConfig, ModelConfig, TrainConfig
+    from finetune.cli_augment import augment_overrides as overrides_from_arguments
+    from finetune.config import TrainConfig
 
     return TrainConfig(
         strategy=arguments.strategy,
-        policy=_policy_config(arguments),
-        data=DataConfig(
-            source=source,
-            val_fraction=arguments.val_fraction,
-            image_size=arguments.image_size,
-            max_megapixels=arguments.max_megapixels,
-            cache=not arguments.no_cache,
-        ),
-        model=ModelConfig(backbone=arguments.backbone, weights=arguments.weights, alpha=arguments.alpha),
+        policy=cli_arguments.policy_config(arguments),
+        data=cli_arguments.data_config(arguments, source),
+        model=cli_arguments.model_config(arguments),
         seed=arguments.seed,
         batch_size=arguments.batch_size,
         epochs=arguments.epochs,
@@ -215,7 +90,7 @@ def _train_config(arguments, source: str):
         schedule=arguments.schedule,
         warmup_epochs=arguments.warmup_epochs,
         warmup=arguments.warmup,
-        schedule_options=_schedule_options(arguments),
+        schedule_options=cli_arguments.schedule_options(arguments),
         snapshots=arguments.snapshots,
         tta=arguments.tta,
     )
@@ -253,50 +128,19 @@ def _format_evaluation(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _add_check_and_export_commands(commands) -> None:
-    check = commands.add_parser("check", help="babysitting checks: initial loss, overfit 20 images, learning-rate range test")
-    check.add_argument("data_dir", metavar="DATA_DIR")
-    check.add_argument("--backbone", default="mobilenet_v2_torchvision")
-    check.add_argument("--weights", default="imagenet", help="imagenet (default), none (from scratch) or a weights file")
-    check.add_argument("--alpha", type=float, default=None)
-    check.add_argument("--image-size", type=int, default=None)
-    check.add_argument("--batch-size", type=int, default=32)
-    check.add_argument("--unfreeze-groups", type=int, default=2, help="top freeze groups trained in the checks (default: 2)")
-    check.add_argument("--subset-size", type=int, default=20, help="images the model must overfit (default: 20)")
-    check.add_argument("--overfit-epochs", type=int, default=60, help="at most this many epochs to overfit them (default: 60)")
-    check.add_argument("--range-steps", type=int, default=100, help="batches of the learning-rate range test (default: 100)")
-    check.add_argument("--val-fraction", type=float, default=0.2)
-    check.add_argument("--seed", type=int, default=0)
-    check.add_argument("--out", default="check", help="folder for lr_range.png (default: check/)")
-    check.add_argument("--json", action="store_true")
-
-    export = commands.add_parser("export", help="export one run or an ensemble of runs/snapshots as one model")
-    export.add_argument("run_dirs", metavar="RUN_DIR", nargs="+")
-    export.add_argument("--members", choices=("snapshots", "best"), default=None,
-                        help="snapshots of the run(s), or the best model.keras of each run (default: snapshots of one run that has them, else best)")
-    export.add_argument("--format", choices=("keras", "savedmodel", "tflite", "onnx"), default="keras")
-    export.add_argument("--quantize", choices=("none", "float16", "dynamic"), default="none", help="TFLite only")
-    export.add_argument("--tta", default=None, help="test-time augmentation mode built into the graph (default: none)")
-    export.add_argument("--tolerance", type=float, default=None, help="largest probability difference the parity check accepts")
-    export.add_argument("--out", required=True, help="the export directory (model, labels.json, export.json)")
-    export.add_argument("--json", action="store_true", help="print export.json")
-
-
 def _run_check(arguments) -> int:
     from finetune.diagnostics import format_checks, run_checks
 
     results = run_checks(
-        arguments.data_dir, backbone=arguments.backbone, weights=arguments.weights, alpha=arguments.alpha,
-        image_size=arguments.image_size, batch_size=arguments.batch_size, val_fraction=arguments.val_fraction,
-        seed=arguments.seed, unfreeze_groups=arguments.unfreeze_groups, subset_size=arguments.subset_size,
-        overfit_epochs=arguments.overfit_epochs, range_steps=arguments.range_steps, out_dir=arguments.out,
+        cli_arguments.data_config(arguments, arguments.data_dir), cli_arguments.model_config(arguments),
+        cli_arguments.check_config(arguments), batch_size=arguments.batch_size, seed=arguments.seed,
     )
     print(json.dumps([result.to_dict() for result in results], indent=2) if arguments.json else format_checks(results))
     return 0 if all(result.passed for result in results) else 1
 
 
 def _run_export(arguments) -> None:
-    from finetune.export import export_ensemble
+    from finetune.export.writer import export_ensemble
 
     sidecar = export_ensemble(
         arguments.run_dirs, arguments.out, members=arguments.members, format=arguments.format,
@@ -339,10 +183,8 @@ def run_command(arguments) -> int:
         from finetune.policy import format_policy, measure
 
         policy = measure(
-            arguments.data_dir, backbone=arguments.backbone, weights=arguments.weights, alpha=arguments.alpha,
-            image_size=arguments.image_size, batch_size=arguments.batch_size, val_fraction=arguments.val_fraction,
-            seed=arguments.seed,
-            thresholds=_policy_config(arguments),
+            cli_arguments.data_config(arguments, arguments.data_dir), cli_arguments.model_config(arguments),
+            cli_arguments.policy_config(arguments), batch_size=arguments.batch_size, seed=arguments.seed,
         )
         print(json.dumps(policy, indent=2) if arguments.json else format_policy(policy))
     elif arguments.command == "augment-preview":
@@ -384,7 +226,7 @@ def main(argv=None) -> int:
     arguments = build_parser().parse_args(argv)
     try:
         return run_command(arguments)
-    except FinetuneError as error:
+    except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,6 +1,11 @@
-"""The configuration of a run, top to bottom, with commented defaults.
+"""The configuration of a run, top to bottom, with commented defaults, and every list of choices.
 
-Every run saves this, resolved, as `config.json`; `TrainConfig.from_dict` reads it back.
+Every run saves this, resolved, as `config.json`; `TrainConfig.from_dict` reads it back. This is
+the one source of the defaults: functions take these objects (or use a field as the default of
+a parameter, e.g. `max_megapixels=DataConfig.max_megapixels`), and the command line reads its
+defaults and choices from here. A leaf module: it imports nothing of finetune, Keras or
+TensorFlow, so reading a default costs nothing. (The test-time augmentation modes are
+augment's own: `augment.tta_modes.MODES`.)
 """
 
 from __future__ import annotations
@@ -13,6 +18,19 @@ from pathlib import Path
 def finetune_home() -> Path:
     """Where weights and decoded-image caches live: `$FINETUNE_HOME`, default `~/.cache/finetune`."""
     return Path(os.environ.get("FINETUNE_HOME", Path.home() / ".cache" / "finetune")).expanduser()
+
+
+# What to freeze and what to train (finetune.policy): auto measures size and similarity, then
+# picks one of the other four from the policy table; full trains every layer.
+STRATEGIES = ("auto", "linear", "finetune_top", "finetune_most", "multistage_linear", "full")
+# Learning-rate schedules and warmups of finetuning (finetune.schedules).
+SCHEDULES = ("constant", "step", "exponential", "inverse_time", "cosine", "cyclic", "snapshot")
+WARMUPS = ("none", "constant", "linear")
+# Export (finetune.export): file formats, TFLite quantisations, and which models of the runs
+# become ensemble members (each run's snapshots, or each run's best model.keras).
+EXPORT_FORMATS = ("keras", "savedmodel", "tflite", "onnx")
+QUANTIZATIONS = ("none", "float16", "dynamic")
+MEMBER_KINDS = ("snapshots", "best")
 
 
 @dataclasses.dataclass
@@ -63,8 +81,8 @@ class TrainConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     policy: PolicyConfig = dataclasses.field(default_factory=PolicyConfig)
-    # auto (measure size and similarity, then pick), linear, finetune_top, finetune_most,
-    # multistage_linear or full; see finetune.policy.
+    # One of STRATEGIES: auto (measure size and similarity, then pick), linear, finetune_top,
+    # finetune_most, multistage_linear or full; see finetune.policy.
     strategy: str = "auto"
     # Every random choice (split, shuffling, initialisation) derives from this.
     seed: int = 0
@@ -87,9 +105,10 @@ class TrainConfig:
     # 30 images per class), every preset lost accuracy, and flips change the meaning of digits.
     augment: str = "none"
     augment_options: dict = dataclasses.field(default_factory=dict)
-    # Learning-rate schedule of finetuning (finetune.schedules): constant, step, exponential,
-    # inverse_time, cosine, cyclic or snapshot, after `warmup_epochs` of warmup (linear,
-    # constant or none); schedule_options go to the schedule (e.g. {"factor": 0.1}).
+    # Learning-rate schedule of finetuning (one of SCHEDULES, see finetune.schedules): constant,
+    # step, exponential, inverse_time, cosine, cyclic or snapshot, after `warmup_epochs` of warmup
+    # (one of WARMUPS: linear, constant or none); schedule_options go to the schedule
+    # (e.g. {"factor": 0.1}).
     schedule: str = "cosine"
     warmup_epochs: int = 1
     warmup: str = "linear"
@@ -127,3 +146,46 @@ class TrainConfig:
         if "head_c_grid" in values:
             values["head_c_grid"] = tuple(values["head_c_grid"])
         return cls(data=data, model=model, policy=policy, **values)
+
+
+@dataclasses.dataclass
+class CheckConfig:
+    """The babysitting checks of `finetune check` (finetune.diagnostics), before a long training."""
+
+    # Top freeze groups of a pretrained backbone trained in the checks (from scratch, every layer
+    # trains): enough to show that gradients reach the backbone, cheap enough for a quick check.
+    unfreeze_groups: int = 2
+    # The initial loss is measured on this many images (or a batch, if larger), the classes in turn.
+    initial_loss_images: int = 64
+    # The initial loss passes within this relative distance of -ln(1/C).
+    initial_loss_tolerance: float = 0.25
+    # The course: a model must be able to overfit a handful of images (about 20) to ~100%
+    # training accuracy, or the data, labels, model or loss are broken.
+    subset_size: int = 20
+    # At most this many epochs (of one batch: the whole subset) to overfit it, at this rate (Adam).
+    overfit_epochs: int = 60
+    overfit_learning_rate: float = 1e-3
+    # The learning-rate range test (Smith): one batch per rate, growing exponentially from
+    # range_start to range_end over range_steps batches; it stops early when the loss explodes.
+    range_steps: int = 100
+    range_start: float = 1e-7
+    range_end: float = 1.0
+    # Where the range test's plot goes (lr_range.png); None: no plot.
+    out_dir: str | None = "check"
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    """One model or an ensemble as a file (finetune.export), with a parity check."""
+
+    # Which models of the runs are the members (one of MEMBER_KINDS); None: the snapshots of a
+    # single run that has them, else each run's best model.keras.
+    members: str | None = None
+    # One of EXPORT_FORMATS.
+    format: str = "keras"
+    # One of QUANTIZATIONS; TFLite only.
+    quantize: str = "none"
+    # A test-time augmentation mode (augment.tta_modes.MODES) built into the graph; None: none.
+    tta: str | None = None
+    # The largest probability difference the parity check accepts; None: the quantisation's own.
+    tolerance: float | None = None

@@ -11,9 +11,11 @@ Each returns a `CheckResult` with pass/fail and an explanation; the CLI prints t
 Example:
 
 ```python
-results = run_checks("photos/", backbone="mobilenet_v2", weights="none", alpha=0.35, image_size=48)
+results = run_checks(DataConfig("photos/", image_size=48), ModelConfig("mobilenet_v2", weights="none", alpha=0.35))
 print(format_checks(results))
 ```
+
+The settings of the checks (subset size, epochs, range-test rates and steps) are a `CheckConfig`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from finetune.config import CheckConfig, DataConfig, ModelConfig, TrainConfig
 from finetune.errors import FinetuneError
 
 
@@ -41,29 +44,38 @@ class CheckResult:
 
 @dataclasses.dataclass
 class ModelRecipe:
-    """How to build a fresh classifier for a check: the zoo backbone, top groups unfrozen, no dropout."""
+    """How to build a fresh classifier for a check: the zoo backbone, top groups unfrozen, no dropout.
 
-    backbone: str = "mobilenet_v2_torchvision"
-    weights: str = "imagenet"
-    alpha: float | None = None
+    Args:
+        model: the backbone, its weights and alpha (its dropout is not used: the checks run
+            without regularisation). Defaults to `ModelConfig()`.
+        image_size: input size; None: the backbone's default. Defaults to None.
+        num_classes: outputs of the classifier. Defaults to 2.
+        unfreeze_groups: top freeze groups of a pretrained backbone that train. Defaults to
+            `CheckConfig.unfreeze_groups` (2).
+        seed: each build (plus its `seed_offset`) starts from this seed. Defaults to 0.
+    """
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     image_size: int | None = None
     num_classes: int = 2
-    unfreeze_groups: int = 2
-    seed: int = 0
+    unfreeze_groups: int = CheckConfig.unfreeze_groups
+    seed: int = TrainConfig.seed
 
     def build(self, seed_offset: int = 0):
         import keras
 
         from finetune import zoo
-        from finetune.training import build_classifier, unfreeze_top_groups
+        from finetune.freezing import unfreeze_top_groups
+        from finetune.model import build_classifier
 
         keras.utils.set_random_seed(self.seed + seed_offset)
-        spec = zoo.get_spec(self.backbone)
+        spec = zoo.get_spec(self.model.backbone)
         image_size = self.image_size or spec.default_image_size
-        backbone = zoo.build_backbone(spec, image_size=image_size, weights=self.weights, alpha=self.alpha)
+        backbone = zoo.build_backbone(spec, image_size=image_size, weights=self.model.weights, alpha=self.model.alpha)
         # Regularisation off (dropout 0), as the course asks for these checks.
         model = build_classifier(backbone, spec.preprocessing, self.num_classes, image_size, dropout=0.0)
-        if zoo.is_random_initialisation(self.weights):
+        if zoo.is_random_initialisation(self.model.weights):
             # From scratch every layer learns, BatchNorm included: a random backbone with frozen
             # BatchNorm shrinks its activations to ~1e-11 and nothing can be learnt.
             backbone.trainable = True
@@ -88,7 +100,8 @@ def _log_loss(probabilities, labels) -> float:
 
 
 def check_initial_loss(
-    model, images, labels, num_classes: int, tolerance: float = 0.25, batch_size: int = 32, small_head: bool = True
+    model, images, labels, num_classes: int, tolerance: float = CheckConfig.initial_loss_tolerance,
+    batch_size: int = TrainConfig.batch_size, small_head: bool = True,
 ) -> CheckResult:
     """The loss of an untrained classifier against -ln(1/C), within `tolerance` (relative).
 
@@ -152,7 +165,8 @@ def _subset(labels, count: int, seed: int) -> np.ndarray:
 
 
 def check_overfit_subset(
-    recipe, images, labels, count: int = 20, max_epochs: int = 60, learning_rate: float = 1e-3
+    recipe, images, labels, count: int = CheckConfig.subset_size, max_epochs: int = CheckConfig.overfit_epochs,
+    learning_rate: float = CheckConfig.overfit_learning_rate,
 ) -> CheckResult:
     """Trains a fresh classifier on `count` images alone; it should reach ~100% accuracy on them.
 
@@ -206,10 +220,10 @@ def learning_rate_range_test(
     recipe,
     images,
     labels,
-    batch_size: int = 32,
-    start: float = 1e-7,
-    end: float = 1.0,
-    steps: int = 100,
+    batch_size: int = TrainConfig.batch_size,
+    start: float = CheckConfig.range_start,
+    end: float = CheckConfig.range_end,
+    steps: int = CheckConfig.range_steps,
     out_png=None,
 ) -> CheckResult:
     """Smith's range test: one batch per rate, rates growing from `start` to `end`; stops when the loss explodes.
@@ -308,39 +322,49 @@ def _plot_range(rates, losses, smoothed, suggested, out_png) -> Path:
 
 
 def run_checks(
-    data_dir: str,
-    backbone: str = "mobilenet_v2_torchvision",
-    weights: str = "imagenet",
-    alpha: float | None = None,
-    image_size: int | None = None,
-    batch_size: int = 32,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    unfreeze_groups: int = 2,
-    subset_size: int = 20,
-    overfit_epochs: int = 60,
-    range_steps: int = 100,
-    out_dir="check",
-    max_megapixels: float = 89.0,
+    data: DataConfig,
+    model: ModelConfig,
+    checks: CheckConfig | None = None,
+    *,
+    batch_size: int = TrainConfig.batch_size,
+    seed: int = TrainConfig.seed,
     verbose: int = 0,
 ) -> list[CheckResult]:
-    """The three checks on the training split of `data_dir`; the range-test plot goes to out_dir/lr_range.png."""
+    """The three checks on the training split of `data.source`; the range-test plot goes to out_dir/lr_range.png.
+
+    Args:
+        data: the images (`source`, `val_fraction`, `image_size`, `max_megapixels`, `cache`).
+        model: the backbone to check (`backbone`, `weights`, `alpha`).
+        checks: subset size, epochs, range-test steps and where the plot goes. Defaults to
+            `CheckConfig()`.
+        batch_size: images per batch. Defaults to `TrainConfig.batch_size` (32).
+        seed: of the split, the subsets and the initialisation. Defaults to 0.
+        verbose: 1 shows decoding progress. Defaults to 0.
+    """
     from finetune import data as data_module
     from finetune import zoo
 
-    spec = zoo.get_spec(backbone)
-    image_size = image_size or spec.default_image_size
-    data = data_module.discover(data_dir, val_fraction, seed)
-    train = data_module.load_split(data, "train", image_size, max_megapixels, cache=True, verbose=verbose)
+    if not data.source:
+        raise FinetuneError("No data given: set `data.source` to a folder with one subfolder per class, or tfds:NAME. "
+                            f"Received: data.source={data.source!r}")
+    checks = checks or CheckConfig()
+    spec = zoo.get_spec(model.backbone)
+    image_size = data.image_size or spec.default_image_size
+    source = data_module.discover(data.source, data.val_fraction, seed)
+    train = data_module.load_split(source, "train", image_size, data.max_megapixels, cache=data.cache, verbose=verbose)
     if len(train.labels) == 0:
-        raise FinetuneError(f"No readable training images in {data_dir}; run `finetune check-data {data_dir}`.")
-    recipe = ModelRecipe(backbone, weights, alpha, image_size, len(data.class_names), unfreeze_groups, seed)
+        raise FinetuneError(f"No readable training images in {data.source}; run `finetune check-data {data.source}`.")
+    num_classes = len(source.class_names)
+    recipe = ModelRecipe(model, image_size, num_classes, unfreeze_groups=checks.unfreeze_groups, seed=seed)
     labels = np.asarray(train.labels)
-    first = _subset(labels, min(len(labels), max(64, batch_size)), seed)
-    results = [check_initial_loss(recipe.build(), train.images[first], labels[first], len(data.class_names), batch_size=batch_size)]
-    results.append(check_overfit_subset(recipe, train.images, labels, count=min(subset_size, len(labels)), max_epochs=overfit_epochs))
-    out_png = Path(out_dir) / "lr_range.png" if out_dir is not None else None
-    results.append(learning_rate_range_test(recipe, train.images, labels, batch_size=batch_size, steps=range_steps, out_png=out_png))
+    first = _subset(labels, min(len(labels), max(checks.initial_loss_images, batch_size)), seed)
+    results = [check_initial_loss(recipe.build(), train.images[first], labels[first], num_classes,
+                                  tolerance=checks.initial_loss_tolerance, batch_size=batch_size)]
+    results.append(check_overfit_subset(recipe, train.images, labels, count=min(checks.subset_size, len(labels)),
+                                        max_epochs=checks.overfit_epochs, learning_rate=checks.overfit_learning_rate))
+    out_png = Path(checks.out_dir) / "lr_range.png" if checks.out_dir is not None else None
+    results.append(learning_rate_range_test(recipe, train.images, labels, batch_size=batch_size, start=checks.range_start,
+                                            end=checks.range_end, steps=checks.range_steps, out_png=out_png))
     return results
 
 

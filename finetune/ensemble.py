@@ -16,32 +16,21 @@ evaluate_members(members, images, labels)["ensemble"]["accuracy"]
 
 from __future__ import annotations
 
-import importlib
 import itertools
 from pathlib import Path
 
 import numpy as np
 
 from finetune.errors import FinetuneError
-
-SNAPSHOT_DIR = "snapshots"
-
-
-def snapshot_paths(run_dir) -> list[Path]:
-    """The snapshot files of a run, in cycle order; empty when it has none."""
-    return sorted((Path(run_dir) / SNAPSHOT_DIR).glob("*.keras"))
+from finetune.files import SNAPSHOT_DIR, snapshot_paths  # noqa: F401  where a run keeps its snapshots
 
 
 def load_members(paths) -> list:
     """Loads each .keras file with `safe_mode=True` (no arbitrary code) and without its optimizer."""
     import keras
 
+    import augment.tta  # noqa: F401  registers the TTA layers of ensembles exported with TTA
     import finetune.zoo  # noqa: F401  registers the custom layers before loading
-
-    try:
-        import augment.tta  # noqa: F401  registers the TTA layers of ensembles exported with TTA
-    except ImportError:
-        pass
     models = []
     for path in paths:
         if not Path(path).is_file():
@@ -93,14 +82,10 @@ def apply_tta(model, tta):
     """Wraps `model` with test-time augmentation from `augment.tta` when `tta` names a mode."""
     if tta is None or tta == "none":
         return model
-    try:
-        module = importlib.import_module("augment.tta")
-    except ImportError:
-        raise FinetuneError(
-            f"Test-time augmentation needs the `augment.tta` module, which this installation lacks. Received: tta={tta!r}"
-        ) from None
+    from augment.tta import build_tta_model
+
     # The model then takes larger "source" images for the crop modes: see augment.tta.source_size.
-    return module.build_tta_model(model, tta)
+    return build_tta_model(model, tta)
 
 
 def _log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:

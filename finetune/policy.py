@@ -37,9 +37,9 @@ import statistics
 
 import numpy as np
 
-from finetune.config import PolicyConfig
-
-STRATEGIES = ("auto", "linear", "finetune_top", "finetune_most", "multistage_linear", "full")
+# STRATEGIES is defined with the rest of the configuration, and read from here by training.
+from finetune.config import STRATEGIES, DataConfig, ModelConfig, PolicyConfig, TrainConfig
+from finetune.errors import FinetuneError
 
 TABLE = {
     ("little", "similar"): "linear",
@@ -49,19 +49,21 @@ TABLE = {
 }
 
 
-# The thresholds live with the rest of the configuration; this is their name here.
-PolicyThresholds = PolicyConfig
+def groups_to_unfreeze(strategy: str, num_groups: int, config: PolicyConfig | None = None) -> int:
+    """How many freeze groups (from the top) a strategy trains.
 
-
-def groups_to_unfreeze(strategy: str, num_groups: int, thresholds: PolicyThresholds | None = None) -> int:
-    """How many freeze groups (from the top) a strategy trains."""
-    thresholds = thresholds or PolicyThresholds()
+    Args:
+        strategy: one of `STRATEGIES`; the linear ones (and auto, undecided) train none.
+        num_groups: the backbone's freeze groups (`len(spec.freeze_groups)`).
+        config: the shares of finetune_top and finetune_most. Defaults to `PolicyConfig()`.
+    """
+    config = config or PolicyConfig()
     if strategy == "full":
         return num_groups
     if strategy == "finetune_top":
-        return max(1, round(thresholds.top_fraction * num_groups))
+        return max(1, round(config.top_fraction * num_groups))
     if strategy == "finetune_most":
-        return max(2, round(thresholds.most_fraction * num_groups))
+        return max(2, round(config.most_fraction * num_groups))
     return 0
 
 
@@ -105,9 +107,15 @@ def measure_similarity(stage_features: list[np.ndarray] | None, labels, endpoint
     }
 
 
-def decide(size: dict, similarity: dict, thresholds: PolicyThresholds | None = None) -> dict:
-    """The strategy and the reasons, from measurements alone (no data or model needed)."""
-    thresholds = thresholds or PolicyThresholds()
+def decide(size: dict, similarity: dict, config: PolicyConfig | None = None) -> dict:
+    """The strategy and the reasons, from measurements alone (no data or model needed).
+
+    Args:
+        size: from `measure_size`.
+        similarity: from `measure_similarity`.
+        config: the thresholds (`lots_per_class`, `similarity_margin`). Defaults to `PolicyConfig()`.
+    """
+    thresholds = config or PolicyConfig()
     amount = "lots" if size["min_per_class"] >= thresholds.lots_per_class else "little"
     score = similarity["score"]
     kind = "similar" if (score != score or score >= -thresholds.similarity_margin) else "different"
@@ -170,9 +178,12 @@ def imagenet_confidence(spec, weights_source: str, top_features: np.ndarray) -> 
     """Mean top-1 probability of the ImageNet head on pooled top features, where the head is offline.
 
     The torchvision MobileNetV2 import carries its head; its input is exactly the pooled top
-    stage, so no second forward pass is needed. Other backbones report None.
+    stage, so no second forward pass is needed. Backbones whose weights did not come from that
+    import (`spec.weights_sources` without it, or another source this time) report None.
     """
-    if spec.name not in ("mobilenet_v2", "mobilenet_v2_torchvision") or "torchvision" not in weights_source:
+    from finetune.zoo.spec import TORCHVISION_IMPORT
+
+    if TORCHVISION_IMPORT not in spec.weights_sources or "torchvision" not in weights_source:
         return None
     from finetune.zoo.weights import read_layer_weights, torchvision_cache_path
 
@@ -190,13 +201,25 @@ def imagenet_confidence(spec, weights_source: str, top_features: np.ndarray) -> 
     return float(probabilities.max(axis=1).mean())
 
 
-def measure_policy(spec, weights_source, search, top_features, train_labels, num_classes, thresholds=None) -> dict:
-    """The decision from a stage search already run (as training runs one) and the training labels."""
+def measure_policy(spec, search, *, weights_source: str, top_features: np.ndarray, train_labels, num_classes: int,
+                   config: PolicyConfig | None = None) -> dict:
+    """The decision from a stage search already run (as training runs one) and the training labels.
+
+    Args:
+        spec: the backbone's `finetune.zoo.BackboneSpec`.
+        search: a `finetune.stages.StageSearch` over the spec's stage endpoints.
+        weights_source: where the backbone's weights came from (the ImageNet head's confidence
+            is reported only for weights that carry it).
+        top_features: pooled features of the top stage of the training images.
+        train_labels: labels of the training images (the size is measured on them).
+        num_classes: the number of classes.
+        config: the thresholds. Defaults to `PolicyConfig()`.
+    """
     similarity = measure_similarity(
         None, train_labels, list(spec.stage_endpoints), search=search,
         imagenet_confidence=imagenet_confidence(spec, weights_source, top_features),
     )
-    return decide(measure_size(train_labels, num_classes), similarity, thresholds)
+    return decide(measure_size(train_labels, num_classes), similarity, config)
 
 
 def labelled_pool(train_features, train_labels, val_features=None, val_labels=None):
@@ -207,34 +230,56 @@ def labelled_pool(train_features, train_labels, val_features=None, val_labels=No
     return features, np.concatenate([np.asarray(train_labels), np.asarray(val_labels)])
 
 
-def measure(data_dir: str, backbone: str = "mobilenet_v2_torchvision", weights: str = "imagenet", alpha=None,
-            image_size=None, batch_size: int = 32, val_fraction: float = 0.2, seed: int = 0,
-            thresholds=None, verbose: int = 0) -> dict:
+def measure(data: DataConfig, model: ModelConfig, policy: PolicyConfig | None = None, *,
+            batch_size: int = TrainConfig.batch_size, seed: int = TrainConfig.seed, verbose: int = 0) -> dict:
     """`finetune policy DATA_DIR`: measures size (training split) and similarity (all labelled images) and decides.
 
     Features are cached, so a `finetune train` on the same data afterwards does not compute
     them again.
+
+    Args:
+        data: the images (`source`, `val_fraction`, `image_size`, `max_megapixels`, `cache`).
+        model: the backbone whose features are measured (`backbone`, `weights`, `alpha`).
+        policy: the thresholds of the decision. Defaults to `PolicyConfig()`.
+        batch_size: images per forward pass. Defaults to `TrainConfig.batch_size` (32).
+        seed: of the validation split and the cross-validation folds. Defaults to 0.
+        verbose: 1 shows progress bars. Defaults to 0.
+
+    Returns:
+        `decide`'s dict, with the backbone's name, the image size and the data source added.
+
+    Example:
+
+    ```python
+    decision = measure(DataConfig("photos/"), ModelConfig("mobilenet_v2_torchvision"))
+    print(format_policy(decision))
+    ```
     """
     from finetune import data as data_module
     from finetune import zoo
     from finetune.features import stage_features
     from finetune.stages import search_stage_heads
 
-    thresholds = thresholds or PolicyThresholds()
-    spec = zoo.get_spec(backbone)
-    image_size = image_size or spec.default_image_size
-    source = data_module.discover(data_dir, val_fraction, seed)
-    network, weights_source = zoo.build_backbone_with_source(spec, image_size=image_size, weights=weights, alpha=alpha)
-    identity = {"backbone": spec.name, "weights": weights_source, "alpha": alpha}
+    if not data.source:
+        raise FinetuneError("No data given: set `data.source` to a folder with one subfolder per class, or tfds:NAME. "
+                            f"Received: data.source={data.source!r}")
+    policy = policy or PolicyConfig()
+    spec = zoo.get_spec(model.backbone)
+    image_size = data.image_size or spec.default_image_size
+    source = data_module.discover(data.source, data.val_fraction, seed)
+    network, weights_source = zoo.build_backbone_with_source(spec, image_size=image_size, weights=model.weights,
+                                                             alpha=model.alpha)
+    identity = {"backbone": spec.name, "weights": weights_source, "alpha": model.alpha}
     splits = {}
     for name in ("train", "val"):
         if name in source.splits and len(source.splits[name].paths):
-            split = data_module.load_split(source, name, image_size, verbose=verbose)
+            split = data_module.load_split(source, name, image_size, data.max_megapixels, cache=data.cache, verbose=verbose)
             splits[name] = (stage_features(network, spec, split.images, identity, batch_size, verbose), split.labels)
     train_features, train_labels = splits["train"]
     features, labels = labelled_pool(train_features, train_labels, *splits.get("val", (None, None)))
     search = search_stage_heads(features, labels, len(source.class_names), list(spec.stage_endpoints), max_average=1,
-                                max_per_class=thresholds.search_max_per_class, seed=seed)
-    policy = measure_policy(spec, weights_source, search, train_features[-1], train_labels, len(source.class_names), thresholds)
-    policy.update(backbone=spec.name, image_size=image_size, data=str(data_dir))
-    return policy
+                                max_per_class=policy.search_max_per_class, seed=seed)
+    decision = measure_policy(spec, search, weights_source=weights_source, top_features=train_features[-1],
+                              train_labels=train_labels, num_classes=len(source.class_names), config=policy)
+    decision.update(backbone=spec.name, image_size=image_size, data=str(data.source))
+    return decision

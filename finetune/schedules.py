@@ -24,10 +24,9 @@ import keras
 import numpy as np
 from keras import ops
 
+from finetune.config import SCHEDULES, WARMUPS
 from finetune.errors import FinetuneError, check_choice
 
-SCHEDULES = ("constant", "step", "exponential", "inverse_time", "cosine", "cyclic", "snapshot")
-WARMUPS = ("none", "constant", "linear")
 # Goyal et al. 2017 scale the rate linearly with the batch size from this reference.
 REFERENCE_BATCH_SIZE = 256
 

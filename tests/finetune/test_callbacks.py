@@ -226,7 +226,7 @@ def test_update_ratio_grows_with_the_learning_rate():
 
 def test_update_ratio_groups_from_a_backbone_spec():
     from finetune import zoo
-    from finetune.training import build_classifier
+    from finetune.model import build_classifier
 
     spec = zoo.get_spec("mobilenet_v2")
     backbone = zoo.build_backbone(spec, image_size=32, weights="none", alpha=0.35)

@@ -4,7 +4,10 @@ import json
 
 import pytest
 
-from finetune.cli import main
+from augment.tta_modes import MODES
+from finetune import cli_arguments
+from finetune.cli import _train_config, build_parser, main
+from finetune.config import STRATEGIES, CheckConfig, DataConfig, ModelConfig, PolicyConfig, TrainConfig
 from tests.conftest import write_image_folder
 
 TINY = ["--backbone", "mobilenet_v2", "--weights", "none", "--alpha", "0.35", "--image-size", "48", "--batch-size", "8", "--quiet", "--tta", "none"]
@@ -74,3 +77,57 @@ def test_missing_data_folder_is_a_clear_error(tmp_path, capsys):
 def test_missing_run_is_a_clear_error(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "norun"), str(tmp_path)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_train_defaults_are_the_config_defaults():
+    arguments = build_parser().parse_args(["train", "photos"])
+    assert _train_config(arguments, "photos") == TrainConfig(data=DataConfig(source="photos"))
+
+
+def test_demo_keeps_its_own_defaults_and_shows_them(capsys):
+    config = _train_config(build_parser().parse_args(["demo"]), "sample")
+    assert (config.epochs, config.data.image_size) == (0, 128)
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    assert "head only; default: 0)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_check_and_policy_defaults_are_the_config_defaults():
+    parser = build_parser()
+    check = parser.parse_args(["check", "photos"])
+    assert cli_arguments.check_config(check) == CheckConfig()
+    assert cli_arguments.data_config(check, "photos") == DataConfig(source="photos")
+    assert cli_arguments.model_config(check) == ModelConfig()
+    assert (check.batch_size, check.seed) == (TrainConfig.batch_size, TrainConfig.seed)
+    policy = parser.parse_args(["policy", "photos"])
+    assert cli_arguments.policy_config(policy) == PolicyConfig()
+    assert cli_arguments.data_config(policy, "photos") == DataConfig(source="photos")
+    assert cli_arguments.model_config(policy) == ModelConfig()
+    health = parser.parse_args(["check-data", "photos"])
+    assert (health.val_fraction, health.max_megapixels, health.seed) == (
+        DataConfig.val_fraction, DataConfig.max_megapixels, TrainConfig.seed)
+
+
+def test_options_reach_the_config_objects():
+    arguments = build_parser().parse_args(
+        ["check", "photos", "--backbone", "mobilenet_v2", "--weights", "none", "--alpha", "0.35", "--image-size", "48",
+         "--val-fraction", "0.3", "--subset-size", "7", "--overfit-epochs", "5", "--range-steps", "9", "--out", "here"])
+    assert cli_arguments.model_config(arguments) == ModelConfig("mobilenet_v2", weights="none", alpha=0.35)
+    assert cli_arguments.data_config(arguments, "photos") == DataConfig("photos", val_fraction=0.3, image_size=48)
+    assert cli_arguments.check_config(arguments) == CheckConfig(subset_size=7, overfit_epochs=5, range_steps=9, out_dir="here")
+    train = build_parser().parse_args(["train", "photos", "--max-megapixels", "2", "--no-cache", "--decay-factor", "0.5"])
+    config = _train_config(train, "photos")
+    assert (config.data.max_megapixels, config.data.cache, config.schedule_options) == (2.0, False, {"factor": 0.5})
+
+
+def test_choices_are_the_lists_of_the_modules_that_define_them(capsys):
+    parser = build_parser()
+    for strategy in STRATEGIES:
+        assert parser.parse_args(["train", "photos", "--strategy", strategy]).strategy == strategy
+    for mode in ("auto", *MODES):
+        assert parser.parse_args(["train", "photos", "--tta", mode]).tta == mode
+        assert parser.parse_args(["predict", "run", "image.png", "--tta", mode]).tta == mode
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "photos", "--strategy", "finetune_everything"])
+    error = capsys.readouterr().err
+    assert "finetune_everything" in error and all(strategy in error for strategy in STRATEGIES)

@@ -7,14 +7,18 @@ import numpy as np
 import pytest
 
 from finetune.cli import main
+from finetune.config import DataConfig, ModelConfig
 from finetune.curves import diagnose_curves, plot_curves, read_history
 from finetune.diagnostics import (
+    ModelRecipe,
     _subset,
     check_initial_loss,
     check_overfit_subset,
     format_checks,
     learning_rate_range_test,
+    run_checks,
 )
+from finetune.errors import FinetuneError
 from tests.conftest import class_image, write_image_folder
 
 TINY = ["--backbone", "mobilenet_v2", "--weights", "none", "--alpha", "0.35", "--image-size", "32", "--batch-size", "8"]
@@ -75,7 +79,7 @@ class ToyRecipe:
     """A small trainable conv net: the checks only need `build(seed_offset)`; MobileNetV2 runs in the CLI test."""
 
     def build(self, seed_offset=0):
-        from finetune.training import build_classifier
+        from finetune.model import build_classifier
 
         keras.utils.set_random_seed(seed_offset)
         inputs = keras.Input((32, 32, 3))
@@ -123,7 +127,23 @@ def test_cli_check_prints_each_check(tmp_path, capsys):
     for name in ("initial_loss", "overfit_subset", "learning_rate_range"):
         assert name in printed
     assert printed.count("[PASS]") + printed.count("[FAIL]") == 3
+    assert "10 images: training accuracy" in printed  # --subset-size reached the check
     assert (tmp_path / "check" / "lr_range.png").is_file()
+
+
+def test_run_checks_without_data_is_a_clear_error():
+    with pytest.raises(FinetuneError, match="Received: data.source=''"):
+        run_checks(DataConfig(), ModelConfig("mobilenet_v2", weights="none", alpha=0.35))
+
+
+def test_model_recipe_builds_the_configured_backbone_without_dropout():
+    recipe = ModelRecipe(ModelConfig("mobilenet_v2", weights="none", alpha=0.35, dropout=0.5), image_size=32, num_classes=3)
+    model = recipe.build()
+    assert model.output.shape == (None, 3) and model.input.shape == (None, 32, 32, 3)
+    assert model.get_layer("dropout").rate == 0.0
+    # From scratch, every layer of the backbone learns (not only the top groups).
+    backbone = next(layer for layer in model.layers if hasattr(layer, "layers"))
+    assert backbone.trainable and all(layer.trainable for layer in backbone.layers)
 
 
 def test_cli_check_of_a_missing_folder_is_a_clear_error(tmp_path, capsys):

@@ -10,14 +10,16 @@ import keras
 import numpy as np
 import pytest
 
-from finetune import export as export_module
 from finetune.cli import main
 from finetune.ensemble import build_ensemble, evaluate_members, load_members, snapshot_paths
-from finetune.errors import FinetuneError
-from finetune.export import export_ensemble, resolve_members
+from finetune.errors import USER_ERRORS, FinetuneError
+from finetune.export import reader as export_reader
+from finetune.export import writer as export_module
+from finetune.export.writer import export_ensemble, resolve_members
+from finetune.files import atomic_write_json, save_model_atomic
 from finetune.inference import evaluate, predict
-from finetune.run import atomic_write_json, load_run, save_model_atomic
-from finetune.training import build_classifier
+from finetune.model import build_classifier
+from finetune.run import load_run
 from tests.conftest import write_image_folder
 
 SIZE = 16
@@ -105,7 +107,7 @@ def test_ensemble_members_must_agree():
 def test_tta_none_is_a_no_op_and_an_unknown_mode_is_a_clear_error():
     member = toy_classifier(1)
     assert build_ensemble([member], tta="none").count_params() == member.count_params()
-    with pytest.raises(FinetuneError, match="tta='no-such-mode'"):
+    with pytest.raises(USER_ERRORS, match="tta='no-such-mode'"):
         build_ensemble([member], tta="no-such-mode")
 
 
@@ -229,7 +231,7 @@ def test_failed_parity_reports_the_difference_and_writes_nothing(runs, tmp_path,
 @pytest.fixture
 def exports_off_by_a_hundredth(monkeypatch):
     """Makes every exported model off by 0.01, as a broken converter would be."""
-    load = export_module.load_artefact
+    load = export_reader.load_artefact
 
     class Shifted:
         def __init__(self, model):

@@ -9,10 +9,10 @@ import pytest
 
 import finetune
 from finetune.cli import main
-from finetune.config import PolicyConfig
+from finetune.config import DataConfig, ModelConfig, PolicyConfig
 from finetune.errors import FinetuneError
-from finetune.policy import decide, groups_to_unfreeze, measure_similarity, measure_size
-from finetune.training import unfreeze_top_groups
+from finetune.policy import decide, groups_to_unfreeze, measure, measure_similarity, measure_size
+from finetune.freezing import unfreeze_top_groups
 from finetune.zoo import build_backbone, get_spec, layers_of_group
 from tests.conftest import write_image_folder
 
@@ -113,6 +113,21 @@ def test_policy_command_json(tmp_path, capsys):
     assert policy["strategy"] in ("linear", "multistage_linear")
     assert set(policy) >= {"strategy", "size", "similarity", "thresholds", "reasons"}
     assert policy["size"]["num_classes"] == 2 and len(policy["similarity"]["stage_accuracies"]) == 5
+
+
+def test_measure_takes_the_data_model_and_policy_configs(tmp_path):
+    data = write_image_folder(tmp_path / "data", classes=("a", "b", "c"), per_class=5)
+    policy = measure(DataConfig(str(data), val_fraction=0.2, image_size=48), ModelConfig("mobilenet_v2", weights="none", alpha=0.35),
+                     PolicyConfig(lots_per_class=4), batch_size=8)
+    # 4 of each class's 5 images train: "quite a lot" at lots_per_class=4, the finetuning row of the table.
+    assert policy["size"] == {"num_classes": 3, "num_images": 12, "min_per_class": 4, "median_per_class": 4.0}
+    assert policy["strategy"] in ("finetune_top", "finetune_most") and policy["thresholds"]["lots_per_class"] == 4
+    assert (policy["backbone"], policy["image_size"], policy["data"]) == ("mobilenet_v2", 48, str(data))
+
+
+def test_measure_without_data_is_a_clear_error():
+    with pytest.raises(FinetuneError, match="Received: data.source=''"):
+        measure(DataConfig(), ModelConfig("mobilenet_v2", weights="none", alpha=0.35))
 
 
 def test_unknown_strategy_is_a_clear_error(image_folder):

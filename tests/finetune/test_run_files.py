@@ -5,7 +5,8 @@ import pytest
 
 from finetune.errors import FinetuneError
 from finetune.metrics import classification_metrics, top_k
-from finetune.run import atomic_write_json, default_run_dir, load_run
+from finetune.files import atomic_write_json, default_run_dir
+from finetune.run import load_run
 
 
 def test_atomic_write_leaves_no_temporary_files(tmp_path):

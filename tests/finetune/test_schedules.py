@@ -8,6 +8,8 @@ import pytest
 
 from finetune.errors import FinetuneError
 from finetune.schedules import (
+    SCHEDULES,
+    WARMUPS,
     Constant,
     SnapshotCosine,
     TriangularCyclic,
@@ -135,6 +137,15 @@ def test_a_model_saved_with_a_schedule_loads_in_safe_mode(tmp_path):
     model.save(tmp_path / "model.keras")
     loaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
     assert isinstance(loaded.optimizer._learning_rate, SnapshotCosine)
+
+
+@pytest.mark.parametrize("warmup", WARMUPS)
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_every_listed_schedule_and_warmup_builds(name, warmup):
+    # The command line offers exactly these lists: each name must give a schedule.
+    options = {"cycles": 1} if name == "snapshot" else {}
+    values = schedule_values(build_schedule(name, 0.1, steps_per_epoch=2, epochs=4, warmup_epochs=1, warmup=warmup, **options), 8)
+    assert len(values) == 8 and (values > 0).all() and values.max() <= 0.1 + 1e-7
 
 
 def test_unknown_option_and_name_are_clear_errors():

@@ -8,7 +8,8 @@ import pytest
 
 import finetune
 from finetune.errors import FinetuneError
-from finetune.training import build_classifier, unfreeze_top_groups
+from finetune.freezing import unfreeze_top_groups
+from finetune.model import build_classifier
 from finetune.zoo import build_backbone, get_spec, layers_of_group
 from tests.conftest import write_image_folder
 
@@ -113,16 +114,17 @@ def test_snapshots_tta_and_curves_are_recorded(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("rival_accuracy, replaced", [(2.0, True), (-1.0, False)])
 def test_finetuning_that_loses_to_the_best_linear_head_keeps_the_linear_head(tmp_path, monkeypatch, rival_accuracy, replaced):
-    from finetune import training
+    from finetune import pipeline
 
     scored = []
 
-    def rival(candidate, endpoints, *arguments):
+    def rival(candidate, features, **options):
+        endpoints = features.search.endpoints
         result = {"name": candidate.name, "stages": [endpoints[i] for i in candidate.stages], "val_accuracy": rival_accuracy}
         scored.append(result)
         return result
 
-    monkeypatch.setattr(training, "_linear_rival", rival)
+    monkeypatch.setattr(pipeline, "linear_rival", rival)
     data = write_image_folder(tmp_path / "data", classes=("a", "b"), per_class=8)
     run = finetune.train(data, out=str(tmp_path / "run"), epochs=1, strategy="finetune_top", **TINY)
     finetuned = run.metrics["stages"]["finetune"]

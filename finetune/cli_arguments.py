@@ -1,0 +1,236 @@
+"""The arguments of the `finetune` command line, and the config objects built from them.
+
+Every default and every list of choices comes from `finetune.config` (the test-time augmentation
+modes from `augment.tta_modes`), so the command line cannot drift from the Python API. Help texts
+show the default with argparse's `%(default)s`, which also shows a command's own default (`demo`
+trains for 0 epochs). Defaults of None mean "decided later" (the backbone's image size, the
+strategy's share of freeze groups) and stay None here. Nothing here imports Keras or TensorFlow:
+`finetune --help` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from augment.tta_modes import COMBINES, MODES
+from finetune.config import (
+    EXPORT_FORMATS,
+    MEMBER_KINDS,
+    QUANTIZATIONS,
+    SCHEDULES,
+    STRATEGIES,
+    WARMUPS,
+    CheckConfig,
+    DataConfig,
+    ExportConfig,
+    ModelConfig,
+    PolicyConfig,
+    TrainConfig,
+)
+
+# "auto": training measures the modes on validation data; evaluate and predict use the one it chose.
+TTA_CHOICES = ("auto", *MODES)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The backbone (`ModelConfig`), its input size and the batch size: shared by train, policy and check."""
+    parser.add_argument("--backbone", default=ModelConfig.backbone, help="a name from `finetune zoo` (default: %(default)s)")
+    parser.add_argument("--weights", default=ModelConfig.weights,
+                        help="imagenet, none (from scratch) or a weights file (default: %(default)s)")
+    parser.add_argument("--alpha", type=float, default=ModelConfig.alpha, help="width multiplier of the MobileNets")
+    parser.add_argument("--image-size", type=int, default=DataConfig.image_size,
+                        help="input size in pixels (default: the backbone's)")
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="images per batch (default: %(default)s)")
+
+
+def _add_val_fraction(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--val-fraction", type=float, default=DataConfig.val_fraction,
+                        help="validation share when there is no val/ folder (default: %(default)s)")
+
+
+def _add_max_megapixels(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-megapixels", type=float, default=DataConfig.max_megapixels,
+                        help="skip larger images (decompression bombs) (default: %(default)s)")
+
+
+def _add_seed(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, default=TrainConfig.seed,
+                        help="of the split, shuffling and initialisation (default: %(default)s)")
+
+
+def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
+    """The thresholds of the transfer policy (`PolicyConfig`)."""
+    parser.add_argument("--lots-per-class", type=int, default=PolicyConfig.lots_per_class,
+                        help="policy: a smallest class with at least this many training images is 'quite a lot' "
+                             "(default: %(default)s)")
+    parser.add_argument("--similarity-margin", type=float, default=PolicyConfig.similarity_margin,
+                        help="policy: the top stage within this cross-validated accuracy of the best lower stage means "
+                             "'similar' (default: %(default)s)")
+
+
+def add_schedule_arguments(parser: argparse.ArgumentParser) -> None:
+    """The learning-rate schedule of finetuning, snapshots and the TTA mode to record (`TrainConfig`)."""
+    group = parser.add_argument_group("finetuning schedule (see finetune.schedules)")
+    group.add_argument("--schedule", default=TrainConfig.schedule, choices=SCHEDULES,
+                       help="learning-rate decay of finetuning (default: %(default)s)")
+    group.add_argument("--warmup-epochs", type=int, default=TrainConfig.warmup_epochs,
+                       help="epochs of warmup before the decay (default: %(default)s)")
+    group.add_argument("--warmup", choices=WARMUPS, default=TrainConfig.warmup,
+                       help="gradual (linear) or constant warmup, or none (default: %(default)s)")
+    group.add_argument("--decay-factor", type=float, default=None, help="step decay: multiply the rate by this (default: 0.1)")
+    group.add_argument("--decay-every", type=int, default=None, help="step decay: every N epochs")
+    group.add_argument("--decay-milestones", type=int, nargs="+", default=None, help="step decay: at these epochs instead")
+    group.add_argument("--decay-rate", type=float, default=None, help="exponential and inverse_time decay rate per epoch")
+    group.add_argument("--snapshots", type=int, default=TrainConfig.snapshots,
+                       help="snapshot ensemble: M >= 2 cosine cycles, one saved model per cycle (default: %(default)s, off)")
+    group.add_argument("--tta", default=TrainConfig.tta, choices=TTA_CHOICES,
+                       help="test-time augmentation to record: auto measures each mode on validation data "
+                            "(default: %(default)s)")
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """What `train` and `demo` take before the augmentation options: model, strategy, rates, policy, schedule."""
+    add_model_arguments(parser)
+    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs,
+                        help="finetuning epochs after the head (0: head only; default: %(default)s)")
+    parser.add_argument("--strategy", default=TrainConfig.strategy, choices=STRATEGIES,
+                        help="what to freeze and train (default: %(default)s, picked by `finetune policy`)")
+    parser.add_argument("--unfreeze-groups", type=int, default=TrainConfig.unfreeze_groups,
+                        help="top freeze groups to finetune (default: the strategy's share of the backbone)")
+    parser.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate,
+                        help=f"head learning rate while finetuning; the backbone's is "
+                             f"{TrainConfig.backbone_learning_rate_multiplier:g} times that (default: %(default)s)")
+    add_policy_arguments(parser)
+    add_schedule_arguments(parser)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """What `train` and `demo` take after the augmentation options: stopping, data, seed, output."""
+    parser.add_argument("--patience", type=int, default=TrainConfig.patience,
+                        help="early-stopping patience in epochs (default: %(default)s)")
+    _add_val_fraction(parser)
+    _add_max_megapixels(parser)
+    parser.add_argument("--no-cache", action="store_true", help="do not cache decoded images on disk")
+    _add_seed(parser)
+    parser.add_argument("--out", default=TrainConfig.out, help="run directory (default: models/<data>-<backbone>-<time>)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def add_tta_arguments(parser: argparse.ArgumentParser) -> None:
+    """The test-time augmentation of `evaluate` and `predict`."""
+    parser.add_argument("--tta", choices=TTA_CHOICES, default="auto",
+                        help="test-time augmentation (default: auto, the mode training chose on validation data, else none)")
+    parser.add_argument("--tta-combine", choices=COMBINES, default="mean",
+                        help="average the views' probabilities (default) or take their geometric mean")
+
+
+def add_evaluate_and_predict_commands(commands) -> None:
+    evaluate = commands.add_parser("evaluate", help="evaluate a run on a labelled folder (its test/ split if any)")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    evaluate.add_argument("data_dir", metavar="DATA_DIR")
+    evaluate.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="images per batch (default: %(default)s)")
+    add_tta_arguments(evaluate)
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+
+    predict = commands.add_parser("predict", help="top-k labels of images")
+    predict.add_argument("run_dir", metavar="RUN_DIR")
+    predict.add_argument("inputs", metavar="IMAGE_OR_DIR", nargs="+")
+    predict.add_argument("--top-k", type=int, default=3, help="labels per image (default: %(default)s)")
+    predict.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="images per batch (default: %(default)s)")
+    add_tta_arguments(predict)
+    predict.add_argument("--json", action="store_true", help="print a JSON list")
+
+
+def add_check_data_and_policy_commands(commands) -> None:
+    check = commands.add_parser("check-data", help="the data set's health report")
+    check.add_argument("data_dir", metavar="DATA_DIR")
+    _add_val_fraction(check)
+    _add_max_megapixels(check)
+    _add_seed(check)
+    check.add_argument("--json", action="store_true")
+
+    policy = commands.add_parser("policy", help="measure data size and similarity, and pick a transfer strategy")
+    policy.add_argument("data_dir", metavar="DATA_DIR")
+    add_model_arguments(policy)
+    _add_val_fraction(policy)
+    _add_seed(policy)
+    policy.add_argument("--json", action="store_true", help="print strategy, size, similarity, thresholds, reasons as JSON")
+    add_policy_arguments(policy)
+
+
+def add_app_command(commands) -> None:
+    app = commands.add_parser("app", help="the web app: pick a model, upload images, see predictions (Streamlit)")
+    app.add_argument("--models-dir", default=None, help="where to look for runs and exports (default: $FINETUNE_MODELS_DIR or models/)")
+    app.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1; 0.0.0.0 for other machines)")
+    app.add_argument("--port", type=int, default=8501)
+
+
+def add_check_and_export_commands(commands) -> None:
+    check = commands.add_parser("check", help="babysitting checks: initial loss, overfit 20 images, learning-rate range test")
+    check.add_argument("data_dir", metavar="DATA_DIR")
+    add_model_arguments(check)
+    check.add_argument("--unfreeze-groups", type=int, default=CheckConfig.unfreeze_groups,
+                       help="top freeze groups trained in the checks (default: %(default)s)")
+    check.add_argument("--subset-size", type=int, default=CheckConfig.subset_size,
+                       help="images the model must overfit (default: %(default)s)")
+    check.add_argument("--overfit-epochs", type=int, default=CheckConfig.overfit_epochs,
+                       help="at most this many epochs to overfit them (default: %(default)s)")
+    check.add_argument("--range-steps", type=int, default=CheckConfig.range_steps,
+                       help="batches of the learning-rate range test (default: %(default)s)")
+    _add_val_fraction(check)
+    _add_seed(check)
+    check.add_argument("--out", default=CheckConfig.out_dir, help="folder for lr_range.png (default: %(default)s/)")
+    check.add_argument("--json", action="store_true")
+
+    export = commands.add_parser("export", help="export one run or an ensemble of runs/snapshots as one model")
+    export.add_argument("run_dirs", metavar="RUN_DIR", nargs="+")
+    export.add_argument("--members", choices=MEMBER_KINDS, default=ExportConfig.members,
+                        help="snapshots of the run(s), or the best model.keras of each run (default: snapshots of one run that has them, else best)")
+    export.add_argument("--format", choices=EXPORT_FORMATS, default=ExportConfig.format, help="(default: %(default)s)")
+    export.add_argument("--quantize", choices=QUANTIZATIONS, default=ExportConfig.quantize,
+                        help="TFLite only (default: %(default)s)")
+    export.add_argument("--tta", default=ExportConfig.tta, help="test-time augmentation mode built into the graph (default: none)")
+    export.add_argument("--tolerance", type=float, default=ExportConfig.tolerance,
+                        help="largest probability difference the parity check accepts (default: the quantisation's own)")
+    export.add_argument("--out", required=True, help="the export directory (model, labels.json, export.json)")
+    export.add_argument("--json", action="store_true", help="print export.json")
+
+
+def add_zoo_command(commands) -> None:
+    zoo = commands.add_parser("zoo", help="list the backbones")
+    zoo.add_argument("--json", action="store_true")
+
+
+def model_config(arguments) -> ModelConfig:
+    return ModelConfig(backbone=arguments.backbone, weights=arguments.weights, alpha=arguments.alpha)
+
+
+def data_config(arguments, source: str) -> DataConfig:
+    """The `DataConfig` of a command's arguments; what the command has no option for keeps its default."""
+    return DataConfig(
+        source=source,
+        val_fraction=arguments.val_fraction,
+        image_size=getattr(arguments, "image_size", DataConfig.image_size),
+        max_megapixels=getattr(arguments, "max_megapixels", DataConfig.max_megapixels),
+        cache=not getattr(arguments, "no_cache", not DataConfig.cache),
+    )
+
+
+def policy_config(arguments) -> PolicyConfig:
+    return PolicyConfig(lots_per_class=arguments.lots_per_class, similarity_margin=arguments.similarity_margin)
+
+
+def check_config(arguments) -> CheckConfig:
+    return CheckConfig(
+        unfreeze_groups=arguments.unfreeze_groups,
+        subset_size=arguments.subset_size,
+        overfit_epochs=arguments.overfit_epochs,
+        range_steps=arguments.range_steps,
+        out_dir=arguments.out,
+    )
+
+
+def schedule_options(arguments) -> dict:
+    """`TrainConfig.schedule_options` from the --decay-* arguments that were given."""
+    names = {"decay_factor": "factor", "decay_every": "every_epochs", "decay_milestones": "milestones", "decay_rate": "decay_rate"}
+    return {option: getattr(arguments, name) for name, option in names.items() if getattr(arguments, name) is not None}

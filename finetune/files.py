@@ -1,0 +1,129 @@
+"""Files of a run, written whole or not at all: atomic writes, JSON reading, run-file names.
+
+A leaf module: it imports nothing of `finetune` but `finetune.errors`, so every other module
+(training, export, callbacks, the app) can use it without an import cycle.
+
+A run directory holds:
+    model.keras     the classifier; takes raw RGB images (0..255), preprocessing inside
+    labels.json     the class names, in the order of the model's outputs
+    config.json     the resolved configuration, with the seed and library versions
+    policy.json     the transfer policy's measurements, decision and reasons
+    history.csv     one line per finetuning epoch
+    metrics.json    validation (and test) accuracy, per-class precision/recall, confusion matrix
+    skipped.json    files that could not be used, with the reason
+    snapshots/      the models of a snapshot ensemble, one per cycle
+An export directory (`finetune.export`) holds export.json instead of config.json.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+from finetune.errors import FinetuneError
+
+MODEL_FILE = "model.keras"
+LABELS_FILE = "labels.json"
+CONFIG_FILE = "config.json"
+POLICY_FILE = "policy.json"
+METRICS_FILE = "metrics.json"
+SKIPPED_FILE = "skipped.json"
+HISTORY_FILE = "history.csv"
+CURVES_FILE = "curves.png"
+BACKUP_DIR = "backup"  # keras.callbacks.BackupAndRestore: a killed run resumes from here
+SNAPSHOT_DIR = "snapshots"
+EXPORT_FILE = "export.json"  # marks an export directory (finetune.export)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Writes `text` to `path` so that a reader sees the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, value) -> None:
+    atomic_write_text(path, json.dumps(value, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def save_model_atomic(model, path: Path) -> None:
+    """Saves a Keras model to `path` (a .keras file) through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        model.save(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def read_json(path: Path):
+    """The JSON value in `path`; a missing or broken file raises a `FinetuneError` naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FinetuneError(f"{path} is missing.") from None
+    except json.JSONDecodeError as error:
+        raise FinetuneError(f"{path} is not valid JSON ({error}). Was it edited by hand?") from None
+
+
+def default_run_dir(data_name: str, backbone: str, models_dir: Path | str = "models") -> Path:
+    """models/<data-name>-<backbone>-<timestamp>, made unique if a run started in the same second."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", data_name).strip("_") or "data"
+    candidate = Path(models_dir) / f"{safe_name}-{backbone}-{stamp}"
+    suffix = 1
+    while candidate.exists():
+        suffix += 1
+        candidate = Path(models_dir) / f"{safe_name}-{backbone}-{stamp}-{suffix}"
+    return candidate
+
+
+def snapshot_paths(run_dir) -> list[Path]:
+    """The snapshot files of a run, in cycle order; empty when it has none."""
+    return sorted((Path(run_dir) / SNAPSHOT_DIR).glob("*.keras"))
+
+
+def is_model_directory(directory) -> bool:
+    """Whether `directory` holds a finished run (model.keras) or an export (export.json)."""
+    directory = Path(directory)
+    return (directory / MODEL_FILE).is_file() or (directory / EXPORT_FILE).is_file()
+
+
+def library_versions() -> dict:
+    """Versions of Python and the libraries a run's numbers depend on, for config.json."""
+    import keras
+    import numpy as np
+    import PIL
+    import tensorflow as tf
+
+    return {
+        "python": sys.version.split()[0],
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "pillow": PIL.__version__,
+    }

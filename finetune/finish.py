@@ -1,0 +1,150 @@
+"""The end of a training run: the model saved, measured on validation and test images, and described.
+
+`finish_run` writes model.keras, history.csv (for runs without finetuning epochs), curves.png,
+metrics.json (accuracies, per-class figures, snapshots, the TTA choice, the curves' diagnosis)
+and config.json (the resolved configuration), then loads the run back as a `finetune.run.Run`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from finetune.files import (
+    CONFIG_FILE,
+    CURVES_FILE,
+    HISTORY_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    atomic_write_json,
+    library_versions,
+    save_model_atomic,
+)
+from finetune.linear import write_head_history
+from finetune.run import load_run
+from finetune.training import log
+
+
+def _resolved_config(data, plan, *, config, weights_source: str) -> dict:
+    """config.json: the configuration as run, with what was decided or measured on the way."""
+    class_weight = data.class_weight
+    resolved = config.to_dict()
+    resolved.update(
+        strategy=plan.strategy,
+        strategy_requested=config.strategy,
+        image_size=data.image_size,
+        class_names=data.class_names,
+        weights_source=weights_source,
+        class_weights={data.class_names[k]: v for k, v in class_weight.items()} if class_weight else None,
+        versions=library_versions(),
+        run_dir=str(data.run_dir),
+    )
+    resolved["data"]["image_size"] = data.image_size
+    return resolved
+
+
+def _split_metrics(model, data, stages: dict, batch_size: int) -> dict:
+    from finetune.metrics import classification_metrics
+
+    metrics = {}
+    for name, split in (("val", data.val), ("test", data.test)):
+        if split is not None:
+            probabilities = model.predict(split.images.astype(np.float32), batch_size=batch_size, verbose=0)
+            metrics[name] = classification_metrics(split.labels, probabilities, data.class_names)
+    if "val" in metrics:
+        # A linear head fit on training and validation images has seen the validation split.
+        metrics["val"]["held_out"] = not stages.get("head", {}).get("fit_on", "train").endswith("val")
+    return metrics
+
+
+def _evaluate_snapshots(paths, val_split, test_split, batch_size) -> dict:
+    """Each snapshot and their ensemble on the validation (and test) images."""
+    from finetune.ensemble import evaluate_members, load_members
+
+    members = load_members(paths)
+    result = {"paths": [str(path) for path in paths]}
+    for name, split in (("val", val_split), ("test", test_split)):
+        if split is not None:
+            result[name] = evaluate_members(members, split.images, split.labels, batch_size)
+    return result
+
+
+def choose_tta(model, data, config) -> dict | None:
+    """The test-time crop mode with the best validation accuracy (config.tta == "auto"), recorded in the run."""
+    if config.tta == "none" or data.val is None:
+        return None
+    if config.tta != "auto":
+        return {"mode": config.tta, "chosen_by": "requested"}
+    from augment.tta import choose_tta as measure_tta_modes
+    from finetune.data import load_split
+
+    def images_at(size):
+        if size == data.image_size:
+            return data.val.images
+        return load_split(data.source, "val", size, config.data.max_megapixels, config.data.cache, verbose=0).images
+
+    log(config, "Measuring test-time augmentation modes on validation images...")
+    mode, accuracies = measure_tta_modes(model, images_at, data.val.labels, image_size=data.image_size,
+                                         batch_size=config.batch_size)
+    log(config, f"Test-time augmentation: {mode} (validation accuracy by mode: "
+                + ", ".join(f"{name} {value:.3f}" for name, value in accuracies.items()) + ")")
+    return {"mode": mode, "chosen_by": "validation accuracy, ties to the cheaper mode", "val_accuracy": accuracies}
+
+
+def curves(run_dir, config) -> dict:
+    """curves.png and the diagnosis of the curves' shape, when there are epochs to plot."""
+    from finetune.curves import diagnose_curves, plot_curves
+
+    history_path = run_dir / HISTORY_FILE
+    if not history_path.exists():
+        return {}
+    diagnosis = diagnose_curves(history_path)
+    try:
+        plot_curves(history_path, run_dir / CURVES_FILE, title=run_dir.name)
+    except Exception as error:  # a plot must never cost the run
+        diagnosis = {**diagnosis, "plot_error": str(error)}
+    if diagnosis.get("verdict") not in (None, "no_history"):
+        log(config, f"Curves: {diagnosis['verdict']}: {diagnosis.get('explanation', '')}")
+    return {"diagnosis": diagnosis}
+
+
+def finish_run(result, data, plan, *, config, weights_source: str, seconds):
+    """Writes the run's model, metrics and configuration; returns the run loaded back.
+
+    Args:
+        result: the `finetune.linear.LinearResult` of the strategy (model, stages, head).
+        data: the `finetune.pipeline.PreparedData`.
+        plan: the `finetune.pipeline.Plan` (strategy and policy).
+        config: the `TrainConfig`.
+        weights_source: where the backbone's weights came from.
+        seconds: a function giving the run's time so far, read when metrics.json is written.
+    """
+    import keras
+
+    stages, run_dir = result.stages, data.run_dir
+    if "finetune" not in stages:
+        write_head_history(run_dir / HISTORY_FILE, result.head, result.train_features, data.train.labels,
+                           result.val_features, None if data.val is None else data.val.labels)
+    resolved = _resolved_config(data, plan, config=config, weights_source=weights_source)
+    model = result.model
+    # Saved without the optimizer: a fresh functional model over the same layers.
+    save_model_atomic(keras.Model(model.inputs, model.outputs, name="classifier_model"), run_dir / MODEL_FILE)
+    metrics = {"strategy": plan.strategy, "stages": stages, "weights_source": weights_source}
+    metrics.update(_split_metrics(model, data, stages, config.batch_size))
+    snapshots = stages.get("finetune", {}).get("snapshots")
+    if snapshots:
+        metrics["snapshots"] = _evaluate_snapshots(snapshots, data.val, data.test, config.batch_size)
+    tta = choose_tta(model, data, config)
+    if tta is not None:
+        resolved["tta"] = tta["mode"]
+        metrics["tta"] = tta
+    metrics["augment"] = stages.get("finetune", {}).get("augment")
+    metrics.update(curves(run_dir, config))
+    metrics["val_accuracy"] = metrics["val"]["accuracy"] if "val" in metrics else None
+    metrics["cv_accuracy"] = stages.get("head", {}).get("cv_accuracy")
+    metrics["test_accuracy"] = metrics["test"]["accuracy"] if "test" in metrics else None
+    metrics["class_weights"] = resolved["class_weights"]
+    metrics["num_skipped"] = len(data.skipped)
+    metrics["train_seconds"] = seconds()
+    atomic_write_json(run_dir / CONFIG_FILE, resolved)
+    atomic_write_json(run_dir / METRICS_FILE, metrics)
+    return load_run(run_dir)
