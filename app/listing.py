@@ -110,6 +110,8 @@ def describe(run, path) -> ModelEntry:
     if isinstance(metrics.get("val"), dict) and metrics["val"].get("held_out") is False and metrics.get("cv_accuracy") is not None:
         # The head was fit on the validation images too: the cross-validated figure is the honest one.
         accuracy, accuracy_kind = metrics["cv_accuracy"], "Cross-validated accuracy"
+        if metrics.get("cv_images"):
+            accuracy_kind += f" ({metrics['cv_images']} images)"
     return ModelEntry(
         path=str(directory),
         name=directory.name,

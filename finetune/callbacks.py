@@ -79,13 +79,13 @@ class SnapshotSaver(keras.callbacks.Callback):
         finished = epoch + 1 - self.offset_epochs
         if finished <= 0 or finished % self.cycle_epochs:
             return
-        from finetune.files import save_model_atomic
+        from finetune.files import inference_model, save_model_atomic
 
         path = self.snapshot_path(finished // self.cycle_epochs)
         # A fresh functional model over the same layers: saved without the optimizer's state,
         # which would double or triple every snapshot file and is never needed for inference.
         model = self.model_to_save if self.model_to_save is not None else self.model
-        save_model_atomic(keras.Model(model.inputs, model.outputs, name=model.name), path)
+        save_model_atomic(inference_model(model), path)
         self.saved.append(path)
 
 

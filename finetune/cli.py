@@ -83,6 +83,7 @@ def _train_config(arguments, source: str):
         unfreeze_groups=arguments.unfreeze_groups,
         learning_rate=arguments.learning_rate,
         patience=arguments.patience,
+        held_out_val_per_class=arguments.held_out_val_per_class,
         out=arguments.out,
         verbose=0 if arguments.quiet else 1,
         augment=arguments.augment,
@@ -99,12 +100,20 @@ def _train_config(arguments, source: str):
 def _print_train_summary(run) -> None:
     metrics = run.metrics
     print(f"Run saved in {run.directory}")
+    held_out = (metrics.get("val") or {}).get("held_out", True)
+    lines = []
     if metrics.get("cv_accuracy") is not None:
-        print(f"Cross-validated accuracy: {metrics['cv_accuracy']:.4f} (how the chosen head scored on held-out folds)")
+        over = f"{metrics['cv_folds']} folds over {metrics['cv_images']} images" if metrics.get("cv_images") else "folds"
+        lines.append(f"Cross-validated accuracy: {metrics['cv_accuracy']:.4f} ({over}: how the chosen head scored on "
+                     "held-out folds)")
     if metrics.get("val_accuracy") is not None:
-        held_out = (metrics.get("val") or {}).get("held_out", True)
-        print(f"Validation accuracy: {metrics['val_accuracy']:.4f}"
-              + ("" if held_out else " (not held out: the final head was fit on these images too)"))
+        validation = f"Validation accuracy: {metrics['val_accuracy']:.4f}"
+        if held_out:  # the honest estimate first
+            lines.insert(0, validation + " (held out)")
+        else:
+            lines.append(validation + " (not held out: the final head was fit on these images too)")
+    for line in lines:
+        print(line)
     if metrics.get("test_accuracy") is not None:
         print(f"Test accuracy: {metrics['test_accuracy']:.4f}")
     if metrics.get("num_skipped"):

@@ -109,6 +109,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patience", type=int, default=TrainConfig.patience,
                         help="early-stopping patience in epochs (default: %(default)s)")
     _add_val_fraction(parser)
+    parser.add_argument("--held-out-val-per-class", type=int, default=TrainConfig.held_out_val_per_class,
+                        help="with this many validation images in every class, linear heads are not refit on them, so "
+                             "the validation figures stay an honest estimate (default: %(default)s)")
     _add_max_megapixels(parser)
     parser.add_argument("--no-cache", action="store_true", help="do not cache decoded images on disk")
     _add_seed(parser)

@@ -65,17 +65,23 @@ def build_ensemble(models, name: str = "ensemble", tta=None):
     if not models:
         raise FinetuneError("An ensemble needs at least one model. Received: models=[]")
     input_shapes = {tuple(model.input_shape[1:]) for model in models}
-    output_shapes = {tuple(model.output_shape[1:]) for model in models}
+    output_shapes = {tuple(_single(model.outputs).shape[1:]) for model in models}
     if len(input_shapes) > 1 or len(output_shapes) > 1:
         raise FinetuneError(
             "Ensemble members must take the same input and give the same number of classes. "
             f"Received: input shapes {sorted(input_shapes)}, output shapes {sorted(output_shapes)}"
         )
     inputs = keras.Input(input_shapes.pop(), name="image")
-    outputs = [keras.Model(model.input, model.output, name=f"member_{index}")(inputs) for index, model in enumerate(models)]
+    outputs = [keras.Model(model.inputs, _single(model.outputs), name=f"member_{index}")(inputs)
+               for index, model in enumerate(models)]
     averaged = keras.layers.Average(name="average")(outputs) if len(outputs) > 1 else outputs[0]
     ensemble = keras.Model(inputs, averaged, name=name)
     return apply_tta(ensemble, tta)
+
+
+def _single(outputs):
+    """A member's one probability tensor: models saved by earlier versions have a one-element output list."""
+    return outputs[0] if len(outputs) == 1 else outputs
 
 
 def apply_tta(model, tta):

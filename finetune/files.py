@@ -80,6 +80,19 @@ def save_model_atomic(model, path: Path) -> None:
         temporary.unlink(missing_ok=True)
 
 
+def inference_model(model, name: str | None = None):
+    """A fresh functional model over the same layers, without the optimizer: what a run saves.
+
+    Its output is the one probability tensor, not a one-element list (`model.outputs`), so that
+    a saved model predicts an array and ensembles can average saved models.
+    """
+    import keras
+
+    outputs = model.outputs[0] if len(model.outputs) == 1 else model.outputs
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, outputs, name=name or model.name)
+
+
 def read_json(path: Path):
     """The JSON value in `path`; a missing or broken file raises a `FinetuneError` naming it."""
     try:

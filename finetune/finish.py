@@ -13,6 +13,7 @@ from finetune.files import (
     CONFIG_FILE,
     CURVES_FILE,
     HISTORY_FILE,
+    inference_model,
     METRICS_FILE,
     MODEL_FILE,
     atomic_write_json,
@@ -68,12 +69,19 @@ def _evaluate_snapshots(paths, val_split, test_split, batch_size) -> dict:
     return result
 
 
-def choose_tta(model, data, config) -> dict | None:
-    """The test-time crop mode with the best validation accuracy (config.tta == "auto"), recorded in the run."""
+def choose_tta(model, data, config, *, held_out: bool = True) -> dict | None:
+    """The test-time crop mode with the best validation accuracy (config.tta == "auto"), recorded in the run.
+
+    Measured only on images the model did not fit: when the head was fit on the validation
+    split too (`held_out` False), "auto" keeps whole images ("none") rather than choose on seen ones.
+    """
     if config.tta == "none" or data.val is None:
         return None
     if config.tta != "auto":
         return {"mode": config.tta, "chosen_by": "requested"}
+    if not held_out:
+        return {"mode": "none", "chosen_by": "not measured: the head was fit on the validation images too, and no other "
+                                             "images are held out (pass --tta MODE to force one)"}
     from augment.tta import choose_tta as measure_tta_modes
     from finetune.data import load_split
 
@@ -118,22 +126,19 @@ def finish_run(result, data, plan, *, config, weights_source: str, seconds):
         weights_source: where the backbone's weights came from.
         seconds: a function giving the run's time so far, read when metrics.json is written.
     """
-    import keras
-
     stages, run_dir = result.stages, data.run_dir
     if "finetune" not in stages:
         write_head_history(run_dir / HISTORY_FILE, result.head, result.train_features, data.train.labels,
                            result.val_features, None if data.val is None else data.val.labels)
     resolved = _resolved_config(data, plan, config=config, weights_source=weights_source)
     model = result.model
-    # Saved without the optimizer: a fresh functional model over the same layers.
-    save_model_atomic(keras.Model(model.inputs, model.outputs, name="classifier_model"), run_dir / MODEL_FILE)
+    save_model_atomic(inference_model(model, name="classifier_model"), run_dir / MODEL_FILE)
     metrics = {"strategy": plan.strategy, "stages": stages, "weights_source": weights_source}
     metrics.update(_split_metrics(model, data, stages, config.batch_size))
     snapshots = stages.get("finetune", {}).get("snapshots")
     if snapshots:
         metrics["snapshots"] = _evaluate_snapshots(snapshots, data.val, data.test, config.batch_size)
-    tta = choose_tta(model, data, config)
+    tta = choose_tta(model, data, config, held_out=metrics.get("val", {}).get("held_out", True))
     if tta is not None:
         resolved["tta"] = tta["mode"]
         metrics["tta"] = tta
@@ -141,6 +146,9 @@ def finish_run(result, data, plan, *, config, weights_source: str, seconds):
     metrics.update(curves(run_dir, config))
     metrics["val_accuracy"] = metrics["val"]["accuracy"] if "val" in metrics else None
     metrics["cv_accuracy"] = stages.get("head", {}).get("cv_accuracy")
+    if metrics["cv_accuracy"] is not None:  # how many images that estimate rests on
+        search = stages.get("search", {})
+        metrics["cv_images"], metrics["cv_folds"] = search.get("images"), search.get("folds")
     metrics["test_accuracy"] = metrics["test"]["accuracy"] if "test" in metrics else None
     metrics["class_weights"] = resolved["class_weights"]
     metrics["num_skipped"] = len(data.skipped)

@@ -48,6 +48,18 @@ def _joined(split_features, indices):
     return None if split_features is None else np.concatenate([split_features[index] for index in indices], axis=1)
 
 
+def fits_on_val(features: StageFeatures, config) -> bool:
+    """Whether linear heads are refit on the validation images too: asked for, and the validation split is small.
+
+    With `config.held_out_val_per_class` or more validation images in every class the split
+    stays held out, so that its metrics are an honest estimate.
+    """
+    if not config.linear_fit_on_val or features.val is None or len(features.val_labels) == 0:
+        return False
+    smallest = int(np.bincount(np.asarray(features.val_labels), minlength=int(np.max(features.train_labels)) + 1).min())
+    return smallest < config.held_out_val_per_class
+
+
 def fit_linear_model(candidate, backbone, spec, *, cut: bool, image_size: int, num_classes: int,
                      features: StageFeatures, config) -> LinearResult:
     """A model of the backbone and the head of one `candidate` of the stage search.
@@ -60,13 +72,12 @@ def fit_linear_model(candidate, backbone, spec, *, cut: bool, image_size: int, n
             whole and the candidate is the top stage (linear).
         image_size, num_classes: of the model.
         features: the stage features and the search.
-        config: the `TrainConfig`. The head is fit on every labelled image when
-            `config.linear_fit_on_val` (its cross-validated accuracy is then the honest
-            estimate), else on the training split.
+        config: the `TrainConfig`. The head is fit on every labelled image when `fits_on_val`
+            (its cross-validated accuracy is then the honest estimate), else on the training split.
     """
     from finetune.stages import fit_candidate
 
-    fit_on_val = config.linear_fit_on_val and features.val is not None
+    fit_on_val = fits_on_val(features, config)
     stage_features, labels = features.labelled if fit_on_val else (features.train, features.train_labels)
     head = fit_candidate(candidate, stage_features, labels, num_classes, features.class_weight, config.seed)
     indices = list(candidate.stages)

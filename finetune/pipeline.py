@@ -59,8 +59,31 @@ class Plan:
     policy: dict
 
 
+# The strategies that train no epochs, and the finetuning strategy of the same row of the table
+# (same similarity) that `auto` switches to when finetuning-only options are asked for.
+LINEAR_STRATEGIES = {"linear": "finetune_top", "multistage_linear": "finetune_most"}
+
+
+def finetuning_requests(config: TrainConfig) -> list[str]:
+    """The options of `config`, set away from their defaults, that only finetuning uses ("snapshots=3", ...).
+
+    The epoch budget (`epochs`, `patience`, `learning_rate`, warmup) is not among them: it bounds
+    finetuning when there is some, and a budget for every strategy is a fair request.
+    """
+    defaults = TrainConfig()
+    asked = [f"{name}={getattr(config, name)!r}" for name in ("augment", "schedule")
+             if getattr(config, name) != getattr(defaults, name)]
+    asked += [f"{name}={getattr(config, name)!r}" for name in ("augment_options", "schedule_options")
+              if getattr(config, name)]
+    if config.snapshots >= 2:
+        asked.append(f"snapshots={config.snapshots}")
+    if config.unfreeze_groups:
+        asked.append(f"unfreeze_groups={config.unfreeze_groups}")
+    return asked
+
+
 def check_config(config: TrainConfig) -> None:
-    """Raises a `FinetuneError` naming the first field of `config` out of its range."""
+    """Raises a `FinetuneError` naming the first field of `config` out of its range, or options that conflict."""
     from finetune.config import STRATEGIES
 
     check_choice("strategy", config.strategy, STRATEGIES)
@@ -68,6 +91,19 @@ def check_config(config: TrainConfig) -> None:
         raise FinetuneError(f"`epochs` must be 0 or more. Received: epochs={config.epochs}")
     if config.batch_size < 1:
         raise FinetuneError(f"`batch_size` must be at least 1. Received: batch_size={config.batch_size}")
+    if config.snapshots == 1 or config.snapshots < 0:
+        raise FinetuneError(f"`snapshots` must be 0 (off) or at least 2 (cycles of the ensemble). "
+                            f"Received: snapshots={config.snapshots}")
+    asked = finetuning_requests(config)
+    if asked and config.strategy in LINEAR_STRATEGIES:
+        raise FinetuneError(
+            f"{', '.join(asked)} only apply to finetuning, and strategy {config.strategy} trains a linear head on frozen "
+            f"features without any epoch. Drop {'them' if len(asked) > 1 else 'it'}, or ask for a finetuning strategy "
+            f"(--strategy {LINEAR_STRATEGIES[config.strategy]}, or auto). Received: strategy={config.strategy!r}"
+        )
+    if asked and config.epochs == 0:
+        raise FinetuneError(f"{', '.join(asked)} only apply to finetuning epochs, and epochs is 0. Give --epochs N "
+                            f"or drop {'them' if len(asked) > 1 else 'it'}. Received: epochs=0")
 
 
 def prepare_data(config: TrainConfig, spec) -> PreparedData:
@@ -134,6 +170,13 @@ def plan_strategy(spec, features: StageFeatures, data: PreparedData, *, weights_
                             train_labels=data.train.labels, num_classes=data.num_classes, config=config.policy)
     policy["requested"] = config.strategy
     strategy = policy["strategy"] if config.strategy == "auto" else config.strategy
+    asked = finetuning_requests(config)
+    if strategy in LINEAR_STRATEGIES and asked:  # auto picked a linear strategy (check_config refused the rest)
+        strategy = LINEAR_STRATEGIES[strategy]
+        policy["reasons"].append(
+            f"{', '.join(asked)} asked for finetuning, so {strategy}, the finetuning strategy of the same similarity, "
+            f"is used instead of {policy['strategy']}.")
+        policy["switched_for"] = asked
     policy["used"] = strategy
     atomic_write_json(data.run_dir / POLICY_FILE, policy)
     picked = " (picked by the policy: " + policy["reasons"][-1] + ")" if config.strategy == "auto" else " (requested)"

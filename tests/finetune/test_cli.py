@@ -115,9 +115,20 @@ def test_options_reach_the_config_objects():
     assert cli_arguments.model_config(arguments) == ModelConfig("mobilenet_v2", weights="none", alpha=0.35)
     assert cli_arguments.data_config(arguments, "photos") == DataConfig("photos", val_fraction=0.3, image_size=48)
     assert cli_arguments.check_config(arguments) == CheckConfig(subset_size=7, overfit_epochs=5, range_steps=9, out_dir="here")
-    train = build_parser().parse_args(["train", "photos", "--max-megapixels", "2", "--no-cache", "--decay-factor", "0.5"])
+    train = build_parser().parse_args(["train", "photos", "--max-megapixels", "2", "--no-cache", "--decay-factor", "0.5",
+                                       "--held-out-val-per-class", "7"])
     config = _train_config(train, "photos")
     assert (config.data.max_megapixels, config.data.cache, config.schedule_options) == (2.0, False, {"factor": 0.5})
+    assert config.held_out_val_per_class == 7
+
+
+def test_a_finetuning_flag_with_a_linear_strategy_is_refused_with_the_fix(tmp_path, capsys):
+    data = write_image_folder(tmp_path / "data", classes=("a", "b"), per_class=4)
+    out = tmp_path / "run"
+    assert main(["train", str(data), "--strategy", "linear", "--snapshots", "3", "--out", str(out), *TINY]) == 2
+    error = " ".join(capsys.readouterr().err.split())
+    assert "snapshots=3 only apply to finetuning" in error and "--strategy finetune_top" in error
+    assert not out.exists()
 
 
 def test_choices_are_the_lists_of_the_modules_that_define_them(capsys):

@@ -276,3 +276,37 @@ def test_cli_export_then_predict(runs, tmp_path, capsys):
     assert main(["export", str(runs["a"]), str(runs["b"]), "--out", str(tmp_path / "best"), "--json"]) == 0
     sidecar = json.loads(capsys.readouterr().out)
     assert sidecar["member_kind"] == "best" and len(sidecar["members"]) == 2
+
+
+def test_members_saved_with_a_one_element_output_list_still_average(tmp_path):
+    # Runs saved before the fix wrapped their output in a list (keras.Model(inputs, model.outputs));
+    # averaging two of them crashed inside keras.layers.Average.
+    members = []
+    for seed in (1, 2):
+        model = toy_classifier(seed)
+        path = tmp_path / f"member_{seed}.keras"
+        save_model_atomic(keras.Model(model.inputs, model.outputs), path)
+        members.append(model)
+    loaded = load_members(sorted(tmp_path.glob("*.keras")))
+    assert isinstance(loaded[0].output, list)
+    images = np.random.default_rng(0).uniform(0, 255, (3, SIZE, SIZE, 3)).astype("float32")
+    expected = np.mean([member.predict(images, verbose=0) for member in members], axis=0)
+    np.testing.assert_allclose(build_ensemble(loaded).predict(images, verbose=0), expected, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_snapshots_of_a_real_training_run_export_in_every_format(tmp_path):
+    import finetune
+
+    data = write_image_folder(tmp_path / "data", classes=("a", "b"), per_class=8)
+    run = finetune.train(data, out=str(tmp_path / "run"), strategy="finetune_top", epochs=2, snapshots=2,
+                         warmup_epochs=0, backbone="mobilenet_v2", weights="none", alpha=0.35, image_size=32,
+                         batch_size=8, verbose=0, tta="none")
+    assert len(snapshot_paths(run.directory)) == 2
+    images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    expected = np.mean([member.predict(images, verbose=0) for member in load_members(snapshot_paths(run.directory))], axis=0)
+    for format in ("keras", "savedmodel", "tflite", "onnx"):
+        sidecar = export_ensemble([run.directory], tmp_path / format, members="snapshots", format=format)
+        assert sidecar["parity"]["passed"] and len(sidecar["members"]) == 2, format
+        exported = load_run(tmp_path / format).model.predict(images, batch_size=4, verbose=0)
+        np.testing.assert_allclose(np.asarray(exported), expected, atol=1e-4, err_msg=format)

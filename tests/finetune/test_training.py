@@ -138,3 +138,42 @@ def test_finetuning_that_loses_to_the_best_linear_head_keeps_the_linear_head(tmp
         reloaded = keras.saving.load_model(run.directory / "model.keras", safe_mode=True)
         images = np.random.default_rng(0).uniform(0, 255, (2, 48, 48, 3)).astype("float32")
         np.testing.assert_allclose(reloaded.predict(images, verbose=0), run.model.predict(images, verbose=0), atol=1e-6)
+
+
+def test_finetuning_options_with_a_linear_strategy_stop_at_once_naming_the_conflict(tmp_path):
+    data = write_image_folder(tmp_path / "data", classes=("a", "b"), per_class=4)
+    out = tmp_path / "run"
+    for options in ({"snapshots": 3}, {"augment": "light"}, {"unfreeze_groups": 2}, {"schedule": "step"}):
+        with pytest.raises(FinetuneError, match=r"only apply to finetuning.*--strategy finetune_top.*strategy='linear'"):
+            finetune.train(data, out=str(out), strategy="linear", **options, **TINY)
+        assert not out.exists()  # refused before any work
+    with pytest.raises(FinetuneError, match="--strategy finetune_most"):
+        finetune.train(data, out=str(out), strategy="multistage_linear", augment_options={"mixup": 0.2}, **TINY)
+    with pytest.raises(FinetuneError, match="epochs is 0"):
+        finetune.train(data, out=str(out), strategy="finetune_top", epochs=0, snapshots=2, **TINY)
+    with pytest.raises(FinetuneError, match="snapshots=1"):
+        finetune.train(data, out=str(out), strategy="finetune_top", snapshots=1, **TINY)
+
+
+@pytest.mark.slow
+def test_auto_asked_for_snapshots_finetunes_them_and_says_why(tmp_path):
+    data = write_image_folder(tmp_path / "data", classes=("a", "b"), per_class=8)
+    run = finetune.train(data, out=str(tmp_path / "run"), strategy="auto", epochs=2, snapshots=2, warmup_epochs=0, **TINY)
+    policy = json.loads((run.directory / "policy.json").read_text())
+    assert policy["strategy"] in ("linear", "multistage_linear")  # 8 images per class: the policy's own pick
+    assert run.config["strategy"] == policy["used"] == {"linear": "finetune_top", "multistage_linear": "finetune_most"}[policy["strategy"]]
+    assert policy["switched_for"] == ["snapshots=2"] and "snapshots=2 asked for finetuning" in policy["reasons"][-1]
+    assert sorted(path.name for path in (run.directory / "snapshots").iterdir()) == ["snapshot_01.keras", "snapshot_02.keras"]
+
+
+def test_a_large_validation_split_stays_held_out_and_tta_is_chosen_only_on_unseen_images(tmp_path):
+    data = write_image_folder(tmp_path / "data", classes=("a", "b"), per_class=10)  # 2 validation images per class
+    options = {**TINY, "tta": "auto", "strategy": "linear"}
+    small = finetune.train(data, out=str(tmp_path / "small"), **options)
+    assert small.metrics["val"]["held_out"] is False and small.metrics["stages"]["head"]["fit_on"] == "train+val"
+    assert small.metrics["tta"]["mode"] == "none" and "not measured" in small.metrics["tta"]["chosen_by"]
+    assert small.metrics["cv_images"] == 20 and small.metrics["cv_folds"] >= 2
+    large = finetune.train(data, out=str(tmp_path / "large"), held_out_val_per_class=2, **options)
+    assert large.metrics["val"]["held_out"] is True and large.metrics["stages"]["head"]["fit_on"] == "train"
+    assert large.metrics["tta"]["chosen_by"].startswith("validation accuracy")
+    assert set(large.metrics["tta"]["val_accuracy"]) >= {"none", "flip", "ten_crop"}
