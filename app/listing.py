@@ -187,4 +187,8 @@ def tta_support(entry: ModelEntry | None = None) -> tuple[bool, str]:
     """(available, why not) for the app's TTA selector: an export with TTA built in takes no more."""
     if entry is not None and entry.tta:
         return False, f"This export averages {entry.tta} views inside the model already."
+    if entry is not None and entry.format != "keras":
+        # finetune.inference cuts the views inside a Keras graph; other formats take whole images.
+        return False, (f"Test-time augmentation needs a Keras model; this export is {entry.format}. "
+                       "Export with `finetune export --tta MODE` to build the views in.")
     return True, ""

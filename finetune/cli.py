@@ -108,8 +108,8 @@ def _print_train_summary(run) -> None:
                      "held-out folds)")
     if metrics.get("val_accuracy") is not None:
         validation = f"Validation accuracy: {metrics['val_accuracy']:.4f}"
-        if held_out:  # the honest estimate first
-            lines.insert(0, validation + " (held out)")
+        if held_out:  # images the final model was not fit on: the estimate, first
+            lines.insert(0, validation + " (images the final model was not fit on)")
         else:
             lines.append(validation + " (not held out: the final head was fit on these images too)")
     for line in lines:

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from augment.errors import AugmentError
 from augment.tta_modes import COMBINES, MODES, resolve_mode, source_size, sources_per_pass
 from finetune.config import DataConfig
 from finetune.data import BadImageError, discover, list_images, load_image, load_images_for_prediction, load_split, resize_image
-from finetune.errors import USER_ERRORS, FinetuneError
+from finetune.errors import USER_ERRORS, FinetuneError, check_choice
 from finetune.metrics import classification_metrics
 from finetune.metrics import top_k as top_k_labels
 from finetune.run import LABELS_FILE, Run, load_run
@@ -236,7 +237,10 @@ def _as_run(run_or_path) -> Run:
 
 def _tta_mode(run: Run, tta: str | None) -> str:
     """"auto" (and None) is the mode training chose on validation data (config.json "tta"), else "none"."""
-    return resolve_mode(tta, run.config.get("tta"))
+    try:
+        return resolve_mode(tta, run.config.get("tta"))
+    except AugmentError as error:  # the API's own error type, as before augment had one
+        raise FinetuneError(str(error)) from None
 
 
 def _sources(images, size: int) -> np.ndarray:
@@ -254,6 +258,7 @@ _GRAPHS: dict[int, dict] = {}
 
 def _graph(run: Run, mode: str, combine: str):
     """The model of one forward pass for `run`: source images -> [probabilities, each member's probabilities]."""
+    check_choice("tta_combine", combine, COMBINES)
     key = id(run)
     if key not in _GRAPHS:
         _GRAPHS[key] = {}

@@ -70,11 +70,19 @@ def finetuning_requests(config: TrainConfig) -> list[str]:
     The epoch budget (`epochs`, `patience`, `learning_rate`, warmup) is not among them: it bounds
     finetuning when there is some, and a budget for every strategy is a fair request.
     """
+    import augment
+
     defaults = TrainConfig()
-    asked = [f"{name}={getattr(config, name)!r}" for name in ("augment", "schedule")
-             if getattr(config, name) != getattr(defaults, name)]
-    asked += [f"{name}={getattr(config, name)!r}" for name in ("augment_options", "schedule_options")
-              if getattr(config, name)]
+    asked = []
+    # Compared as resolved options: `--mixup 0` or a preset's own value asks for nothing.
+    if augment.resolve(config.augment, **config.augment_options) != augment.resolve(defaults.augment):
+        given = {"augment": config.augment, **config.augment_options}
+        asked.append(", ".join(f"{name}={value!r}" for name, value in given.items()
+                               if name != "augment" or value != defaults.augment))
+    if config.schedule != defaults.schedule:
+        asked.append(f"schedule={config.schedule!r}")
+    if config.schedule_options:
+        asked.append(f"schedule_options={config.schedule_options!r}")
     if config.snapshots >= 2:
         asked.append(f"snapshots={config.snapshots}")
     if config.unfreeze_groups:
@@ -86,7 +94,17 @@ def check_config(config: TrainConfig) -> None:
     """Raises a `FinetuneError` naming the first field of `config` out of its range, or options that conflict."""
     from finetune.config import STRATEGIES
 
+    from augment import AugmentError
+    from augment.tta_modes import MODES
+
     check_choice("strategy", config.strategy, STRATEGIES)
+    check_choice("tta", config.tta, ("auto", *MODES))
+    try:  # refused now, not after minutes of features; and as the API's own error type
+        import augment
+
+        augment.resolve(config.augment, **config.augment_options)
+    except AugmentError as error:
+        raise FinetuneError(str(error)) from None
     if config.epochs < 0:
         raise FinetuneError(f"`epochs` must be 0 or more. Received: epochs={config.epochs}")
     if config.batch_size < 1:
@@ -173,6 +191,11 @@ def plan_strategy(spec, features: StageFeatures, data: PreparedData, *, weights_
     asked = finetuning_requests(config)
     if strategy in LINEAR_STRATEGIES and asked:  # auto picked a linear strategy (check_config refused the rest)
         strategy = LINEAR_STRATEGIES[strategy]
+        if data.val is None:
+            raise FinetuneError(
+                f"{', '.join(asked)} ask for finetuning ({strategy}), which needs validation images for early stopping, "
+                f"and {config.data.source} has none. Add a val/ folder or a --val-fraction above 0, or drop "
+                f"{'them' if len(asked) > 1 else 'it'}. Received: val_fraction={config.data.val_fraction}")
         policy["reasons"].append(
             f"{', '.join(asked)} asked for finetuning, so {strategy}, the finetuning strategy of the same similarity, "
             f"is used instead of {policy['strategy']}.")

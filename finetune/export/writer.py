@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from augment.tta_modes import MODES as TTA_MODES
 from finetune.config import MEMBER_KINDS, QUANTIZATIONS
 from finetune.ensemble import build_ensemble, load_members
 from finetune.errors import FinetuneError, check_choice
@@ -208,6 +209,7 @@ def export_ensemble(
     """
     check_choice("format", format, FORMATS)
     check_choice("quantize", quantize, QUANTIZATIONS)
+    check_choice("tta", "none" if tta is None else tta, TTA_MODES)
     if quantize != "none" and format != "tflite":
         raise FinetuneError(f"Quantisation is offered for TFLite only. Received: format={format!r}, quantize={quantize!r}")
     out = Path(out)

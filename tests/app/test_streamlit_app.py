@@ -99,6 +99,18 @@ def test_tta_selector_offers_the_library_modes(colour_models_dir, monkeypatch):
     assert views.label == "The 10 views TTA averaged" and len(views.children[0].proto.imgs) == 1
 
 
+def test_tta_selector_is_disabled_for_an_export_that_is_not_keras(tmp_path):
+    export_ensemble([write_colour_run(tmp_path / "runs" / "a")], tmp_path / "models" / "saved", members="best",
+                    format="savedmodel")
+    entries, problems = listing.find_models(tmp_path / "models")
+    assert problems == [] and entries[0].format == "savedmodel"
+    available, reason = listing.tta_support(entries[0])
+    assert not available and "needs a Keras model; this export is savedmodel" in reason
+    run = finetune.load_run(entries[0].path)
+    result = uploads.predict_upload(run, "tomato.png", image_bytes("red"), tta="none", top_k=1)
+    assert result.ok and result.predictions[0]["label"] == "red"  # whole images still work
+
+
 def test_tta_selector_is_disabled_with_a_note_for_an_export_with_tta_inside(tmp_path, monkeypatch):
     export_ensemble([write_colour_run(tmp_path / "runs" / "a")], tmp_path / "models" / "flipped", members="best", tta="flip")
     app = start_app(tmp_path / "models", monkeypatch)

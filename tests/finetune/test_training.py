@@ -97,7 +97,9 @@ def test_unknown_option_and_bad_values_are_clear_errors(tmp_path, image_folder):
 
 def test_snapshots_tta_and_curves_are_recorded(tmp_path):
     data = write_image_folder(tmp_path / "data", classes=("a", "b"), per_class=8)
-    options = {**TINY, "tta": "auto"}
+    # linear_fit_on_val off: should the linear rival replace the finetuned model on these 8 images,
+    # its head stays fit on the training split, and TTA is still measured on unseen images.
+    options = {**TINY, "tta": "auto", "linear_fit_on_val": False}
     run = finetune.train(data, out=str(tmp_path / "run"), strategy="finetune_top", epochs=2, snapshots=2,
                          warmup_epochs=0, augment="light", **options)
     snapshots = sorted(path.name for path in (run.directory / "snapshots").iterdir())
@@ -177,3 +179,18 @@ def test_a_large_validation_split_stays_held_out_and_tta_is_chosen_only_on_unsee
     assert large.metrics["val"]["held_out"] is True and large.metrics["stages"]["head"]["fit_on"] == "train"
     assert large.metrics["tta"]["chosen_by"].startswith("validation accuracy")
     assert set(large.metrics["tta"]["val_accuracy"]) >= {"none", "flip", "ten_crop"}
+
+
+def test_bad_augmentation_or_tta_values_are_the_apis_own_error_before_any_work(tmp_path):
+    data = write_image_folder(tmp_path / "data", classes=("a", "b"), per_class=4)
+    out = tmp_path / "run"
+    with pytest.raises(FinetuneError, match="preset 'medium'"):
+        finetune.train(data, out=str(out), strategy="finetune_top", augment="medium", **TINY)
+    with pytest.raises(FinetuneError, match="rotation"):
+        finetune.train(data, out=str(out), strategy="finetune_top", augment_options={"rotation": 500.0}, **TINY)
+    with pytest.raises(FinetuneError, match="tta='sideways'"):
+        finetune.train(data, out=str(out), **{**TINY, "tta": "sideways"})
+    assert not out.exists()
+    # An option that changes nothing is no request for finetuning: a linear run goes ahead.
+    run = finetune.train(data, out=str(out), strategy="linear", augment_options={"mixup": 0.0}, **TINY)
+    assert run.config["strategy"] == "linear"
