@@ -5,6 +5,8 @@ it. The CLI prints it without a traceback and exits with status 2; everything el
 `augment`, a library of its own, raises its own `AugmentError`; `USER_ERRORS` holds both.
 """
 
+import contextlib
+
 from augment.errors import AugmentError
 
 
@@ -23,3 +25,12 @@ def check_choice(argument: str, value, allowed) -> None:
         raise FinetuneError(
             f"`{argument}` must be one of {', '.join(map(str, allowed))}. Received: {argument}={value!r}"
         )
+
+
+@contextlib.contextmanager
+def as_finetune_error():
+    """Re-raises an `AugmentError` from the block as a `FinetuneError`: the type finetune's API raises."""
+    try:
+        yield
+    except AugmentError as error:
+        raise FinetuneError(str(error)) from None

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from augment.errors import AugmentError
 from augment.tta_modes import COMBINES, MODES, resolve_mode, source_size, sources_per_pass
 from finetune.config import DataConfig
 from finetune.data import BadImageError, discover, list_images, load_image, load_images_for_prediction, load_split, resize_image
-from finetune.errors import USER_ERRORS, FinetuneError, check_choice
+from finetune.errors import USER_ERRORS, FinetuneError, as_finetune_error, check_choice
 from finetune.metrics import classification_metrics
 from finetune.metrics import top_k as top_k_labels
 from finetune.run import LABELS_FILE, Run, load_run
@@ -237,10 +236,8 @@ def _as_run(run_or_path) -> Run:
 
 def _tta_mode(run: Run, tta: str | None) -> str:
     """"auto" (and None) is the mode training chose on validation data (config.json "tta"), else "none"."""
-    try:
+    with as_finetune_error():
         return resolve_mode(tta, run.config.get("tta"))
-    except AugmentError as error:  # the API's own error type, as before augment had one
-        raise FinetuneError(str(error)) from None
 
 
 def _sources(images, size: int) -> np.ndarray:

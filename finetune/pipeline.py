@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from finetune.config import TrainConfig
-from finetune.errors import FinetuneError, check_choice
+from finetune.errors import FinetuneError, as_finetune_error, check_choice
 from finetune.files import LABELS_FILE, POLICY_FILE, SKIPPED_FILE, atomic_write_json, default_run_dir
 from finetune.linear import LinearResult, StageFeatures, describe_linear, fit_linear_model, fit_start_head, linear_rival
 from finetune.model import build_classifier, set_head
@@ -92,19 +92,14 @@ def finetuning_requests(config: TrainConfig) -> list[str]:
 
 def check_config(config: TrainConfig) -> None:
     """Raises a `FinetuneError` naming the first field of `config` out of its range, or options that conflict."""
-    from finetune.config import STRATEGIES
-
-    from augment import AugmentError
+    import augment
     from augment.tta_modes import MODES
+    from finetune.config import STRATEGIES
 
     check_choice("strategy", config.strategy, STRATEGIES)
     check_choice("tta", config.tta, ("auto", *MODES))
-    try:  # refused now, not after minutes of features; and as the API's own error type
-        import augment
-
+    with as_finetune_error():  # refused now, not after minutes of features
         augment.resolve(config.augment, **config.augment_options)
-    except AugmentError as error:
-        raise FinetuneError(str(error)) from None
     if config.epochs < 0:
         raise FinetuneError(f"`epochs` must be 0 or more. Received: epochs={config.epochs}")
     if config.batch_size < 1:
