@@ -98,11 +98,17 @@ def one_hot_dataset(dataset, num_classes: int):
                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def loss_and_metrics(soft_labels: bool):
+def loss_and_metrics(soft_labels: bool, label_smoothing: float = 0.0):
     """What to compile with: (loss, metrics) for soft (mixed, one-hot) labels or for int labels.
 
     The accuracy metric is named "accuracy" either way, so logs read `val_accuracy` in both cases.
+    Label smoothing needs soft labels (Keras' sparse cross-entropy has none): with
+    `label_smoothing` above 0, give one-hot labels (`one_hot_dataset`) and `soft_labels=True`.
     """
+    if label_smoothing and not soft_labels:
+        raise ValueError("`label_smoothing` needs one-hot labels: pass soft_labels=True and one_hot_dataset(...). "
+                         f"Received: label_smoothing={label_smoothing}, soft_labels=False")
     if soft_labels:
-        return keras.losses.CategoricalCrossentropy(), [keras.metrics.CategoricalAccuracy(name="accuracy")]
+        return (keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+                [keras.metrics.CategoricalAccuracy(name="accuracy")])
     return keras.losses.SparseCategoricalCrossentropy(), [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]

@@ -86,14 +86,18 @@ def _fashion_file(stem: str) -> Path:
 
 
 def fashion_mnist(per_class_train=30, per_class_val=10, test_per_class=100, seed=0) -> Path:
-    root = DATA_DIR / f"fashion_mnist-{per_class_train}"
+    name = f"fashion_mnist-{per_class_train}"
+    if (per_class_val, test_per_class) != (10, 100):
+        name += f"-val{per_class_val}-test{test_per_class}"
+    root = DATA_DIR / name
     if (root / ".complete").exists():
         return root
     shutil.rmtree(root, ignore_errors=True)
     rng = np.random.default_rng(seed)
     train_images, train_labels = _read_idx(_fashion_file("train-images")), _read_idx(_fashion_file("train-labels"))
     test_images, test_labels = _read_idx(_fashion_file("t10k-images")), _read_idx(_fashion_file("t10k-labels"))
-    chosen = _take_per_class(train_labels, {"train": per_class_train, "val": per_class_val}, rng)
+    counts = {"train": per_class_train, "val": per_class_val} if per_class_val else {"train": per_class_train}
+    chosen = _take_per_class(train_labels, counts, rng)
     chosen_test = _take_per_class(test_labels, {"test": test_per_class}, rng)
     for split, indices in chosen.items():
         for index in indices:

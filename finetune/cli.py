@@ -29,8 +29,12 @@ SAMPLE_DIR = Path(__file__).parent / "sample_data" / "textures"
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     cli_arguments.add_training_arguments(parser)
     from finetune.cli_augment import add_augment_arguments
+    from finetune.config import TrainConfig
 
-    add_augment_arguments(parser, default_preset="none")
+    add_augment_arguments(parser, default_preset=TrainConfig.augment, extra_choices=("auto",),
+                          help_text=f"augmentation preset while finetuning (default: {TrainConfig.augment}: "
+                                    f"{TrainConfig.auto_augment_preset} when the smallest class has at least "
+                                    f"{TrainConfig.auto_augment_per_class} training images, else none)")
     cli_arguments.add_run_arguments(parser)
 
 
@@ -88,6 +92,8 @@ def _train_config(arguments, source: str):
         verbose=0 if arguments.quiet else 1,
         augment=arguments.augment,
         augment_options=overrides_from_arguments(arguments),
+        label_smoothing=arguments.label_smoothing,
+        weight_decay=arguments.weight_decay,
         schedule=arguments.schedule,
         warmup_epochs=arguments.warmup_epochs,
         warmup=arguments.warmup,

@@ -100,6 +100,12 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate,
                         help=f"head learning rate while finetuning; the backbone's is "
                              f"{TrainConfig.backbone_learning_rate_multiplier:g} times that (default: %(default)s)")
+    parser.add_argument("--label-smoothing", type=float, default=TrainConfig.label_smoothing,
+                        help="label smoothing of the finetuning loss (default: %(default)s)")
+    parser.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay,
+                        help="decoupled weight decay while finetuning, 0: off (default: %(default)s)")
+    parser.add_argument("--dropout", type=float, default=ModelConfig.dropout,
+                        help="dropout before the classifier while finetuning (default: %(default)s)")
     add_policy_arguments(parser)
     add_schedule_arguments(parser)
 
@@ -205,7 +211,8 @@ def add_zoo_command(commands) -> None:
 
 
 def model_config(arguments) -> ModelConfig:
-    return ModelConfig(backbone=arguments.backbone, weights=arguments.weights, alpha=arguments.alpha)
+    return ModelConfig(backbone=arguments.backbone, weights=arguments.weights, alpha=arguments.alpha,
+                       dropout=getattr(arguments, "dropout", ModelConfig.dropout))
 
 
 def data_config(arguments, source: str) -> DataConfig:

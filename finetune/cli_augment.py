@@ -23,16 +23,19 @@ OPTION_NAMES = ("mixup", "cutmix", "horizontal_flip", "vertical_flip", "crop_are
                 "rotation", "translation", "brightness", "contrast", "saturation", "hue", "noise", "erasing")
 
 
-def add_augment_arguments(parser: argparse.ArgumentParser, default_preset: str = "none") -> None:
+def add_augment_arguments(parser: argparse.ArgumentParser, default_preset: str = "none",
+                          extra_choices: tuple[str, ...] = (), help_text: str | None = None) -> None:
     """Adds `--augment PRESET` and one flag per option (default: the preset's value).
 
     Args:
         parser: the parser (or subcommand parser) to add the group to.
         default_preset: the preset when `--augment` is not given. Defaults to "none".
+        extra_choices: values besides the presets (training's "auto"). Defaults to none.
+        help_text: the help of `--augment`. Defaults to naming the presets' default.
     """
     group = parser.add_argument_group("augmentation (see `augment.options`)")
-    group.add_argument("--augment", choices=list(PRESETS), default=default_preset,
-                       help=f"augmentation preset (default: {default_preset})")
+    group.add_argument("--augment", choices=[*extra_choices, *PRESETS], default=default_preset,
+                       help=help_text or f"augmentation preset (default: {default_preset})")
     group.add_argument("--mixup", type=float, default=None, help="mixup Beta parameter, e.g. 0.2 (0: off)")
     group.add_argument("--cutmix", type=float, default=None, help="cutmix Beta parameter in (0, 1] (0: off)")
     group.add_argument("--horizontal-flip", action=argparse.BooleanOptionalAction, default=None)

@@ -143,6 +143,8 @@ def finish_run(result, data, plan, *, config, weights_source: str, seconds):
         resolved["tta"] = tta["mode"]
         metrics["tta"] = tta
     metrics["augment"] = stages.get("finetune", {}).get("augment")
+    # What the "auto" values became: the finetuning recipe trained with (None: no finetuning).
+    resolved["recipe"] = stages.get("finetune", {}).get("recipe")
     metrics.update(curves(run_dir, config))
     metrics["val_accuracy"] = metrics["val"]["accuracy"] if "val" in metrics else None
     metrics["cv_accuracy"] = stages.get("head", {}).get("cv_accuracy")

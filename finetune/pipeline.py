@@ -41,6 +41,10 @@ class PreparedData:
     test: object | None
     skipped: list
     class_weight: dict | None
+    # How the image size was decided (policy.json's "image_size"), and the chosen size's stage
+    # search when it was measured (finetune.input_size), for compute_features to reuse.
+    size_choice: dict = dataclasses.field(default_factory=dict)
+    size_search: object = None
 
     @property
     def class_names(self) -> list[str]:
@@ -72,13 +76,21 @@ def finetuning_requests(config: TrainConfig) -> list[str]:
     """
     import augment
 
+    from finetune.recipe import requested_preset
+
     defaults = TrainConfig()
     asked = []
-    # Compared as resolved options: `--mixup 0` or a preset's own value asks for nothing.
-    if augment.resolve(config.augment, **config.augment_options) != augment.resolve(defaults.augment):
+    # Compared as resolved options: `--mixup 0` or a preset's own value asks for nothing; auto,
+    # the default, asks for nothing either (it follows the strategy and the data).
+    if augment.resolve(requested_preset(config), **config.augment_options) != augment.resolve("none"):
         given = {"augment": config.augment, **config.augment_options}
         asked.append(", ".join(f"{name}={value!r}" for name, value in given.items()
                                if name != "augment" or value != defaults.augment))
+    for name in ("label_smoothing", "weight_decay"):
+        if getattr(config, name) != getattr(defaults, name):
+            asked.append(f"{name}={getattr(config, name)!r}")
+    if config.model.dropout != defaults.model.dropout:
+        asked.append(f"dropout={config.model.dropout!r}")
     if config.schedule != defaults.schedule:
         asked.append(f"schedule={config.schedule!r}")
     if config.schedule_options:
@@ -98,8 +110,15 @@ def check_config(config: TrainConfig) -> None:
 
     check_choice("strategy", config.strategy, STRATEGIES)
     check_choice("tta", config.tta, ("auto", *MODES))
+    from finetune.recipe import requested_preset
+
+    check_choice("auto_augment_preset", config.auto_augment_preset, tuple(augment.PRESETS))
     with as_finetune_error():  # refused now, not after minutes of features
-        augment.resolve(config.augment, **config.augment_options)
+        augment.resolve(requested_preset(config), **config.augment_options)
+    if not 0 <= config.label_smoothing < 1:
+        raise FinetuneError(f"`label_smoothing` must be in [0, 1). Received: label_smoothing={config.label_smoothing}")
+    if config.weight_decay < 0:
+        raise FinetuneError(f"`weight_decay` must be 0 (off) or more. Received: weight_decay={config.weight_decay}")
     if config.epochs < 0:
         raise FinetuneError(f"`epochs` must be 0 or more. Received: epochs={config.epochs}")
     if config.batch_size < 1:
@@ -119,12 +138,31 @@ def check_config(config: TrainConfig) -> None:
                             f"or drop {'them' if len(asked) > 1 else 'it'}. Received: epochs=0")
 
 
-def prepare_data(config: TrainConfig, spec) -> PreparedData:
-    """Finds and splits the images, decodes them at the run's size, and writes skipped.json."""
+def choose_size(config: TrainConfig, spec, source):
+    """The run's image size: `config.data.image_size`, or measured on the data (`finetune.input_size`).
+
+    Returns (size, policy.json's "image_size" record, the `SizeChoice` or None when requested).
+    """
+    from finetune.input_size import choose_image_size
+
+    if config.data.image_size:
+        record = {"chosen": config.data.image_size, "chosen_by": "requested",
+                  "reason": f"{config.data.image_size} px: requested (image_size)"}
+        return config.data.image_size, record, None
+    log(config, "Choosing the input size: scoring candidate sizes with linear heads on the stages...")
+    choice = choose_image_size(source, spec, config, log=lambda line: log(config, line))
+    log(config, f"Image size: {choice.reason}. Give --image-size to choose another.")
+    return choice.size, choice.to_dict(), choice
+
+
+def prepare_data(config: TrainConfig, spec, *, source=None, image_size: int | None = None,
+                 size_choice: dict | None = None) -> PreparedData:
+    """Finds and splits the images (unless `source` is given), decodes them at the run's size, and writes skipped.json."""
     from finetune import data as data_module
 
-    image_size = config.data.image_size or spec.default_image_size
-    source = data_module.discover(config.data.source, config.data.val_fraction, config.seed)
+    image_size = image_size or config.data.image_size or spec.default_image_size
+    if source is None:
+        source = data_module.discover(config.data.source, config.data.val_fraction, config.seed)
     run_dir = Path(config.out) if config.out else default_run_dir(source.name, spec.name)
     run_dir.mkdir(parents=True, exist_ok=True)
     log(config, f"Run directory: {run_dir}")
@@ -142,7 +180,10 @@ def prepare_data(config: TrainConfig, spec) -> PreparedData:
     skipped = list(source.skipped) + [item for split in splits if split for item in split.skipped]
     atomic_write_json(run_dir / SKIPPED_FILE, skipped)
     class_weight = data_module.class_weights(train_split.labels, len(source.class_names))
-    return PreparedData(source, run_dir, image_size, train_split, val_split, test_split, skipped, class_weight)
+    record = size_choice or {"chosen": image_size, "chosen_by": "default",
+                             "reason": f"{image_size} px: the backbone's default size"}
+    return PreparedData(source, run_dir, image_size, train_split, val_split, test_split, skipped, class_weight,
+                        record)
 
 
 def compute_features(backbone, spec, data: PreparedData, *, weights_source: str, config: TrainConfig) -> StageFeatures:
@@ -153,7 +194,7 @@ def compute_features(backbone, spec, data: PreparedData, *, weights_source: str,
     """
     from finetune.features import stage_features
     from finetune.policy import labelled_pool
-    from finetune.stages import search_stage_heads
+    from finetune.stages import search_stage_heads, subsample
 
     log(config, f"Computing {spec.name} features of {len(data.train.labels)} training images (once)...")
     identity = {"backbone": spec.name, "weights": weights_source, "alpha": config.model.alpha}
@@ -167,9 +208,13 @@ def compute_features(backbone, spec, data: PreparedData, *, weights_source: str,
     train_features, val_features = features_of(data.train), features_of(data.val)
     val_labels = None if data.val is None else data.val.labels
     labelled = labelled_pool(train_features, data.train.labels, val_features, val_labels)
-    search = search_stage_heads(*labelled, data.num_classes, list(spec.stage_endpoints), c_grid=config.head_c_grid,
-                                max_per_class=config.policy.search_max_per_class, class_weight=data.class_weight,
-                                seed=config.seed)
+    search = data.size_search
+    if search is None or search.images != len(subsample(labelled[1], config.policy.search_max_per_class, config.seed)):
+        search = search_stage_heads(*labelled, data.num_classes, list(spec.stage_endpoints), c_grid=config.head_c_grid,
+                                    max_per_class=config.policy.search_max_per_class, class_weight=data.class_weight,
+                                    seed=config.seed)
+    else:
+        log(config, "Stage search: reusing the one the size choice ran at this size (same images and folds).")
     return StageFeatures(train_features, data.train.labels, val_features, val_labels, labelled, search,
                          data.class_weight)
 
@@ -182,6 +227,7 @@ def plan_strategy(spec, features: StageFeatures, data: PreparedData, *, weights_
     policy = measure_policy(spec, features.search, weights_source=weights_source, top_features=features.train[-1],
                             train_labels=data.train.labels, num_classes=data.num_classes, config=config.policy)
     policy["requested"] = config.strategy
+    policy["image_size"] = data.size_choice
     strategy = policy["strategy"] if config.strategy == "auto" else config.strategy
     asked = finetuning_requests(config)
     if strategy in LINEAR_STRATEGIES and asked:  # auto picked a linear strategy (check_config refused the rest)
@@ -277,11 +323,18 @@ def train(config: TrainConfig):
     check_config(config)
     started = time.time()
     keras.utils.set_random_seed(config.seed)
+    from finetune import data as data_module
+
     spec = zoo.get_spec(config.model.backbone)
-    data = prepare_data(config, spec)
-    backbone, weights_source = zoo.build_backbone_with_source(
-        spec, image_size=data.image_size, weights=config.model.weights, alpha=config.model.alpha
-    )
+    source = data_module.discover(config.data.source, config.data.val_fraction, config.seed)
+    image_size, size_record, choice = choose_size(config, spec, source)
+    data = prepare_data(config, spec, source=source, image_size=image_size, size_choice=size_record)
+    if choice is not None:
+        backbone, weights_source, data.size_search = choice.backbone, choice.weights_source, choice.search
+    else:
+        backbone, weights_source = zoo.build_backbone_with_source(
+            spec, image_size=data.image_size, weights=config.model.weights, alpha=config.model.alpha
+        )
     backbone.trainable = False
     atomic_write_json(data.run_dir / LABELS_FILE, data.class_names)
     features = compute_features(backbone, spec, data, weights_source=weights_source, config=config)

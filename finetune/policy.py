@@ -158,6 +158,11 @@ def format_policy(policy: dict) -> str:
     lines = [
         f"Strategy: {policy['strategy']}",
         "",
+    ]
+    size_choice = policy.get("image_size_choice") or policy.get("image_size")
+    if isinstance(size_choice, dict):
+        lines.append(f"Image size: {size_choice['reason']}")
+    lines += [
         f"Size: {size['num_classes']} classes, {size['num_images']} training images, "
         f"smallest class {size['min_per_class']}, median {size['median_per_class']:g}",
         "Similarity (cross-validated linear accuracy per stage, bottom to top):",
@@ -265,10 +270,19 @@ def measure(data: DataConfig, model: ModelConfig, policy: PolicyConfig | None = 
                             f"Received: data.source={data.source!r}")
     policy = policy or PolicyConfig()
     spec = zoo.get_spec(model.backbone)
-    image_size = data.image_size or spec.default_image_size
     source = data_module.discover(data.source, data.val_fraction, seed)
-    network, weights_source = zoo.build_backbone_with_source(spec, image_size=image_size, weights=model.weights,
-                                                             alpha=model.alpha)
+    if data.image_size:
+        image_size, size_record = data.image_size, {"chosen": data.image_size, "chosen_by": "requested",
+                                                    "reason": f"{data.image_size} px: requested (image_size)"}
+        network, weights_source = zoo.build_backbone_with_source(spec, image_size=image_size, weights=model.weights,
+                                                                 alpha=model.alpha)
+    else:  # the size training would choose (finetune.input_size)
+        from finetune.input_size import choose_image_size
+
+        choice = choose_image_size(source, spec, TrainConfig(data=data, model=model, policy=policy,
+                                                             batch_size=batch_size, seed=seed, verbose=verbose))
+        image_size, size_record = choice.size, choice.to_dict()
+        network, weights_source = choice.backbone, choice.weights_source
     identity = {"backbone": spec.name, "weights": weights_source, "alpha": model.alpha}
     splits = {}
     for name in ("train", "val"):
@@ -282,4 +296,5 @@ def measure(data: DataConfig, model: ModelConfig, policy: PolicyConfig | None = 
     decision = measure_policy(spec, search, weights_source=weights_source, top_features=train_features[-1],
                               train_labels=train_labels, num_classes=len(source.class_names), config=policy)
     decision.update(backbone=spec.name, image_size=image_size, data=str(data.source))
+    decision["image_size_choice"] = size_record
     return decision

@@ -86,7 +86,7 @@ def _log_loss(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(-log_probabilities[np.arange(len(labels)), labels].mean())
 
 
-def _subsample(labels: np.ndarray, max_per_class: int | None, seed: int) -> np.ndarray:
+def subsample(labels: np.ndarray, max_per_class: int | None, seed: int) -> np.ndarray:
     """Indices of at most `max_per_class` images of each class (all of them when None)."""
     if max_per_class is None:
         return np.arange(len(labels))
@@ -172,7 +172,7 @@ def _prepare(stage_features, labels, folds, max_per_class, seed):
     """The (subsampled) labels and features, and the stratified folds; no folds when a class has under 2 images."""
     from sklearn.model_selection import StratifiedKFold
 
-    keep = _subsample(np.asarray(labels), max_per_class, seed)
+    keep = subsample(np.asarray(labels), max_per_class, seed)
     labels = np.asarray(labels)[keep]
     features = [np.asarray(item, dtype=np.float64)[keep] for item in stage_features]
     smallest = int(np.bincount(labels)[np.unique(labels)].min()) if len(labels) else 0

@@ -22,6 +22,7 @@ from pathlib import Path
 from finetune.config import TrainConfig
 from finetune.files import BACKUP_DIR, HISTORY_FILE, SNAPSHOT_DIR
 from finetune.freezing import unfreeze_top_groups
+from finetune.recipe import Recipe, finetuning_recipe
 
 
 def log(config: TrainConfig, message: str) -> None:
@@ -42,22 +43,27 @@ class _Inputs:
     options: object  # augment.AugmentOptions
 
 
-def _inputs(model, train_split, val_split, config: TrainConfig) -> _Inputs:
+def _inputs(model, train_split, val_split, config: TrainConfig, recipe: Recipe) -> _Inputs:
     import augment
     from finetune.data import make_dataset
 
     num_classes = int(model.output_shape[-1])
-    options = augment.resolve(config.augment, **config.augment_options)
+    options = recipe.options()
     augmenter = augment.build_augmenter(options, seed=config.seed)
     in_model = augmenter is not None and options.placement == "model"
     train = make_dataset(train_split.images, train_split.labels, config.batch_size, shuffle=True, seed=config.seed,
                          augment=None if in_model else augmenter)
     val = make_dataset(val_split.images, val_split.labels, config.batch_size, shuffle=False, seed=config.seed)
     mixing = options.mixing()
+    # Label smoothing needs one-hot targets, as mixing does.
+    soft = mixing or recipe.label_smoothing > 0
     if mixing:
         train = augment.mix_dataset(train, num_classes, options.mixup, options.cutmix, seed=config.seed)
+    elif soft:
+        train = augment.one_hot_dataset(train, num_classes)
+    if soft:
         val = augment.one_hot_dataset(val, num_classes)
-    loss, metrics = augment.loss_and_metrics(soft_labels=mixing)
+    loss, metrics = augment.loss_and_metrics(soft_labels=soft, label_smoothing=recipe.label_smoothing)
     # Trained through a wrapper when augmentation runs on the accelerator; `model` shares its weights.
     fit_model = augment.with_augmentation(model, augmenter) if in_model else model
     return _Inputs(train, val, loss, metrics, fit_model, options)
@@ -71,10 +77,9 @@ class _Schedule:
     learning_rate: object  # a keras LearningRateSchedule
 
 
-def _schedule(config: TrainConfig, num_images: int) -> _Schedule:
+def _schedule(config: TrainConfig, num_images: int, epochs: int) -> _Schedule:
     from finetune.schedules import build_schedule
 
-    epochs = config.epochs
     warmup_epochs = min(config.warmup_epochs, epochs - 1) if config.warmup != "none" else 0
     name, options = config.schedule, dict(config.schedule_options)
     if config.snapshots >= 2:
@@ -88,7 +93,8 @@ def _schedule(config: TrainConfig, num_images: int) -> _Schedule:
     return _Schedule(epochs, warmup_epochs, name, learning_rate)
 
 
-def _callbacks(model, backbone, spec, groups: int, *, schedule: _Schedule, config: TrainConfig, run_dir: Path):
+def _callbacks(model, backbone, spec, groups: int, *, schedule: _Schedule, config: TrainConfig, patience: int,
+               run_dir: Path):
     """The babysitting callbacks, history.csv, resume, and early stopping or snapshot saving."""
     import keras
 
@@ -111,7 +117,7 @@ def _callbacks(model, backbone, spec, groups: int, *, schedule: _Schedule, confi
                                                           offset_epochs=schedule.warmup_epochs, model=model)
         callbacks.append(snapshot_saver)
     else:
-        callbacks.insert(1, keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
+        callbacks.insert(1, keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
                                                           restore_best_weights=True))
     return callbacks, guard, ratio_monitor, snapshot_saver
 
@@ -141,20 +147,20 @@ def run_stages(model, backbone, spec, groups: int, *, config: TrainConfig, train
     # learns at the head's rate.
     pretrained = not zoo.is_random_initialisation(config.model.weights)
     unfrozen = unfreeze_top_groups(backbone, spec, groups, pretrained=pretrained)
-    inputs = _inputs(model, train_split, val_split, config)
-    schedule = _schedule(config, len(train_split.labels))
+    recipe = finetuning_recipe(config, train_split.labels, int(model.output_shape[-1]))
+    inputs = _inputs(model, train_split, val_split, config, recipe)
+    schedule = _schedule(config, len(train_split.labels), recipe.epochs)
     multiplier = config.backbone_learning_rate_multiplier if pretrained else 1.0
-    inputs.fit_model.compile(
-        optimizer=DiscriminativeAdam(slow_variables=backbone.trainable_variables, slow_multiplier=multiplier,
-                                     learning_rate=schedule.learning_rate),
-        loss=inputs.loss,
-        metrics=inputs.metrics,
-    )
+    optimizer = DiscriminativeAdam(slow_variables=backbone.trainable_variables, slow_multiplier=multiplier,
+                                   learning_rate=schedule.learning_rate, weight_decay=recipe.weight_decay or None)
+    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    inputs.fit_model.compile(optimizer=optimizer, loss=inputs.loss, metrics=inputs.metrics)
     callbacks, guard, ratio_monitor, snapshot_saver = _callbacks(model, backbone, spec, groups, schedule=schedule,
-                                                                 config=config, run_dir=Path(run_dir))
+                                                                 config=config, patience=recipe.patience,
+                                                                 run_dir=Path(run_dir))
     head_weights = model.get_weights()
     log(config, f"Finetuning the top {groups} of {len(spec.freeze_groups)} groups ({len(unfrozen)} layers) for up to "
-                f"{schedule.epochs} epochs, {schedule.name} schedule, augmentation {config.augment}...")
+                f"{schedule.epochs} epochs, {schedule.name} schedule; {'; '.join(recipe.reasons)}...")
     history = inputs.fit_model.fit(
         inputs.train, validation_data=inputs.val, epochs=schedule.epochs,
         class_weight=class_weight, callbacks=callbacks,
@@ -167,7 +173,8 @@ def run_stages(model, backbone, spec, groups: int, *, config: TrainConfig, train
         model.set_weights(head_weights)
     if guard.report:
         log(config, guard.report["message"])
-    log(config, f"Finetuned validation accuracy {finetuned_accuracy:.4f} vs head alone {head_accuracy:.4f}: "
+    versus = "" if head_accuracy is None else f" vs head alone {head_accuracy:.4f}"
+    log(config, f"Finetuned validation accuracy {finetuned_accuracy:.4f}{versus}: "
                 + ("kept the finetuned model." if kept else "kept the head alone."))
     # Freeze again so the saved model says what was trained and loads identically.
     backbone.trainable = False
@@ -177,7 +184,8 @@ def run_stages(model, backbone, spec, groups: int, *, config: TrainConfig, train
         "epochs_run": len(history.history.get("loss", [])),
         "schedule": schedule.name,
         "warmup_epochs": schedule.warmup_epochs,
-        "augment": augment.describe(config.augment, **config.augment_options),
+        "augment": augment.describe(recipe.augment, **recipe.augment_options),
+        "recipe": recipe.to_dict(),
         "val_accuracy": float(finetuned_accuracy),
         "kept": bool(kept),
         "divergence": guard.report,

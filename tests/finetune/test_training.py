@@ -65,6 +65,7 @@ def test_train_writes_a_complete_run_directory(tmp_path):
     assert set(metrics["val"]["per_class"]) == {"a", "b", "c"}
     assert metrics["stages"]["finetune"]["epochs_run"] == 1
     assert config["strategy"] == "finetune_top" and (run.directory / "policy.json").is_file()
+    assert config["recipe"]["augment"] == "none" and config["recipe"]["label_smoothing"] == config["label_smoothing"]
     reloaded = keras.saving.load_model(run.directory / "model.keras", safe_mode=True)
     images = np.random.default_rng(0).uniform(0, 255, (2, 48, 48, 3)).astype("float32")
     np.testing.assert_allclose(reloaded.predict(images, verbose=0), run.model.predict(images, verbose=0), atol=1e-6)
@@ -194,3 +195,52 @@ def test_bad_augmentation_or_tta_values_are_the_apis_own_error_before_any_work(t
     # An option that changes nothing is no request for finetuning: a linear run goes ahead.
     run = finetune.train(data, out=str(out), strategy="linear", augment_options={"mixup": 0.0}, **TINY)
     assert run.config["strategy"] == "linear"
+
+
+def test_the_recipe_augments_by_the_size_of_the_smallest_class():
+    from finetune.config import TrainConfig
+    from finetune.recipe import finetuning_recipe
+
+    config = TrainConfig()  # augment auto: light from 100 images in the smallest class
+    plenty = finetuning_recipe(config, np.repeat([0, 1, 2], [100, 120, 300]), 3)
+    assert plenty.augment == "light" and "smallest class has 100 training images" in plenty.reasons[0]
+    little = finetuning_recipe(config, np.repeat([0, 1, 2], [99, 500, 500]), 3)
+    assert little.augment == "none" and "fewer than 100" in little.reasons[0]
+    config.augment = "strong"
+    assert finetuning_recipe(config, np.repeat([0, 1], [5, 5]), 2).augment == "strong"
+    assert (little.label_smoothing, little.weight_decay) == (TrainConfig.label_smoothing, TrainConfig.weight_decay)
+
+
+def test_finetuning_trains_with_label_smoothing_and_decoupled_weight_decay(tmp_path):
+    from finetune.config import TrainConfig
+    from finetune.data import discover, load_split
+    from finetune.training import run_stages
+
+    data = discover(str(write_image_folder(tmp_path / "data", classes=("a", "b"), per_class=6)), val_fraction=0.34)
+    train, val = (load_split(data, name, 48, cache=False, verbose=0) for name in ("train", "val"))
+    spec = get_spec("mobilenet_v2")
+    backbone = build_backbone(spec, image_size=48, weights="none", alpha=0.35)
+    model = build_classifier(backbone, spec.preprocessing, 2, 48)
+    config = TrainConfig(epochs=1, warmup_epochs=0, batch_size=4, verbose=0, label_smoothing=0.2, weight_decay=0.05)
+    (tmp_path / "run").mkdir()
+    result = run_stages(model, backbone, spec, 1, config=config, train_split=train, val_split=val,
+                        run_dir=tmp_path / "run", head_accuracy=None)
+    assert result["recipe"]["label_smoothing"] == 0.2 and result["recipe"]["weight_decay"] == 0.05
+    assert model.loss.get_config()["label_smoothing"] == pytest.approx(0.2)
+    assert model.optimizer.weight_decay == pytest.approx(0.05)
+    # Biases and BatchNorm are not decayed; kernels are.
+    kernel = model.get_layer("classifier").kernel
+    bias = model.get_layer("classifier").bias
+    assert model.optimizer._use_weight_decay(kernel) and not model.optimizer._use_weight_decay(bias)
+
+
+def test_regularisation_options_with_a_linear_strategy_are_a_conflict(tmp_path):
+    data = write_image_folder(tmp_path / "data", classes=("a", "b"), per_class=4)
+    out = tmp_path / "run"
+    for options, named in (({"label_smoothing": 0.0}, "label_smoothing=0.0"), ({"weight_decay": 0.1}, "weight_decay=0.1"),
+                           ({"dropout": 0.5}, "dropout=0.5")):
+        with pytest.raises(FinetuneError, match=f"{named} only apply to finetuning"):
+            finetune.train(data, out=str(out), strategy="linear", **options, **TINY)
+    with pytest.raises(FinetuneError, match="label_smoothing"):
+        finetune.train(data, out=str(out), strategy="finetune_top", label_smoothing=1.0, **TINY)
+    assert not out.exists()
