@@ -5,6 +5,9 @@ Settings:
                    and 200 test images per class, at 96 px: auto must reach 0.91, beat the best
                    linear head by 1.5 points, in at most 0.75x the Keras guide recipe's time
     digits         scikit-learn's 8-px digits, 30 + 10 per class, no --image-size: auto must reach 0.95
+    fashion_300, fashion_30, textures, faces
+                   bench_policy.py's settings, no --image-size: auto within 1 point of the best
+                   strategy at no more than 1.25x its time
 Arms: `auto` (default settings), the linear strategies, the finetuning ones, and the Keras
 transfer-learning guide's recipe (benchmarks/bench_vs_keras_guide.py) on the same folders.
 
@@ -35,6 +38,11 @@ SETTINGS = {
     "fashion_1000": {"data": lambda: datasets.fashion_mnist(per_class_train=800, per_class_val=200, test_per_class=200),
                      "image_size": 96},
     "digits": {"data": lambda: datasets.digits(), "image_size": None},
+    # The small settings of bench_policy.py, here with the input size left to each arm.
+    "fashion_300": {"data": lambda: datasets.fashion_mnist(per_class_train=300, per_class_val=50), "image_size": None},
+    "fashion_30": {"data": lambda: datasets.fashion_mnist(per_class_train=30), "image_size": None},
+    "textures": {"data": lambda: datasets.textures(), "image_size": None},
+    "faces": {"data": lambda: datasets.faces(), "image_size": None},
 }
 ARMS = ["auto", "linear", "multistage_linear", "finetune_top", "finetune_most", "keras_guide"]
 

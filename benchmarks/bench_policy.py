@@ -36,10 +36,13 @@ def run_one(data_dir: Path, strategy: str, arguments) -> dict:
     import finetune
 
     started = time.time()
+    # The epoch budget goes to the finetuning strategies; given to auto or a linear one it would
+    # ask for finetuning (no flag is silently ignored), so auto keeps its defaults.
+    budget = {"epochs": arguments.epochs, "patience": 2} if strategy in ("finetune_top", "finetune_most", "full") else {}
     with tempfile.TemporaryDirectory() as out:
         run = finetune.train(
             str(data_dir), strategy=strategy, backbone=arguments.backbone, image_size=arguments.image_size,
-            epochs=arguments.epochs, patience=2, seed=arguments.seed, out=str(Path(out) / "run"), verbose=0,
+            **budget, seed=arguments.seed, out=str(Path(out) / "run"), verbose=0,
             cache=False,  # every strategy pays its own decoding and features
             tta="none",  # test-time crops are another question (bench_augment); single center view here
         )

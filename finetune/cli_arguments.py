@@ -39,7 +39,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="imagenet, none (from scratch) or a weights file (default: %(default)s)")
     parser.add_argument("--alpha", type=float, default=ModelConfig.alpha, help="width multiplier of the MobileNets")
     parser.add_argument("--image-size", type=int, default=DataConfig.image_size,
-                        help="input size in pixels (default: the backbone's)")
+                        help="input size in pixels (default: train and policy choose it from the data, scoring "
+                             "candidate sizes; check uses the backbone's)")
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="images per batch (default: %(default)s)")
 
 

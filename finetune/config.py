@@ -147,6 +147,10 @@ class TrainConfig:
     # Test-time augmentation: "auto" measures every crop mode on validation data and records the
     # best (ties to the cheaper); a mode of augment.tta forces it; "none" skips the measurement.
     tta: str = "auto"
+    # ... measured on at most this many validation images per class (stratified, seeded): the modes
+    # cost up to 10 forward passes per image, and 100 per class tell them apart as well as the
+    # stage search tells stages apart.
+    tta_max_per_class: int = 100
     # Inverse regularisation strengths tried for heads on cached features; the best by
     # cross-validation (linear strategies) or on validation data (the head finetuning starts from).
     head_c_grid: tuple[float, ...] = (0.01, 0.1, 1.0)

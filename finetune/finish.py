@@ -84,18 +84,24 @@ def choose_tta(model, data, config, *, held_out: bool = True) -> dict | None:
                                              "images are held out (pass --tta MODE to force one)"}
     from augment.tta import choose_tta as measure_tta_modes
     from finetune.data import load_split
+    from finetune.stages import subsample
+
+    # Every mode costs up to 10 forward passes per image: a stratified subsample bounds the cost.
+    chosen = subsample(np.asarray(data.val.labels), config.tta_max_per_class, config.seed)
 
     def images_at(size):
         if size == data.image_size:
-            return data.val.images
-        return load_split(data.source, "val", size, config.data.max_megapixels, config.data.cache, verbose=0).images
+            return data.val.images[chosen]
+        return load_split(data.source, "val", size, config.data.max_megapixels, config.data.cache,
+                          verbose=0).images[chosen]
 
-    log(config, "Measuring test-time augmentation modes on validation images...")
-    mode, accuracies = measure_tta_modes(model, images_at, data.val.labels, image_size=data.image_size,
+    log(config, f"Measuring test-time augmentation modes on {len(chosen)} validation images...")
+    mode, accuracies = measure_tta_modes(model, images_at, data.val.labels[chosen], image_size=data.image_size,
                                          batch_size=config.batch_size)
     log(config, f"Test-time augmentation: {mode} (validation accuracy by mode: "
                 + ", ".join(f"{name} {value:.3f}" for name, value in accuracies.items()) + ")")
-    return {"mode": mode, "chosen_by": "validation accuracy, ties to the cheaper mode", "val_accuracy": accuracies}
+    return {"mode": mode, "chosen_by": "validation accuracy, ties to the cheaper mode", "val_accuracy": accuracies,
+            "images": int(len(chosen))}
 
 
 def curves(run_dir, config) -> dict:

@@ -1,6 +1,7 @@
-"""`train(config)`: a folder of images in, a run directory out, in five named steps.
+"""`train(config)`: a folder of images in, a run directory out, in six named steps.
 
-    data = prepare_data(config, spec)                        # split, decode, skipped.json
+    size, record, choice = choose_size(config, spec, source) # the input size (finetune.input_size)
+    data = prepare_data(config, spec, source=source, ...)    # split, decode, skipped.json
     features = compute_features(backbone, spec, data, ...)   # every stage, once, cached
     plan = plan_strategy(spec, features, data, config, ...)  # the transfer policy, policy.json
     result = fit_strategy(plan, backbone, spec, data, ...)   # linear heads, or finetuning
@@ -71,8 +72,9 @@ LINEAR_STRATEGIES = {"linear": "finetune_top", "multistage_linear": "finetune_mo
 def finetuning_requests(config: TrainConfig) -> list[str]:
     """The options of `config`, set away from their defaults, that only finetuning uses ("snapshots=3", ...).
 
-    The epoch budget (`epochs`, `patience`, `learning_rate`, warmup) is not among them: it bounds
-    finetuning when there is some, and a budget for every strategy is a fair request.
+    A number of epochs other than the default asks for training them (0, head only, asks for
+    nothing); the rest of the budget (`patience`, `learning_rate`, warmup) only bounds finetuning
+    when there is some, so it is not among them.
     """
     import augment
 
@@ -95,6 +97,8 @@ def finetuning_requests(config: TrainConfig) -> list[str]:
         asked.append(f"schedule={config.schedule!r}")
     if config.schedule_options:
         asked.append(f"schedule_options={config.schedule_options!r}")
+    if config.epochs and config.epochs != defaults.epochs:
+        asked.append(f"epochs={config.epochs}")
     if config.snapshots >= 2:
         asked.append(f"snapshots={config.snapshots}")
     if config.unfreeze_groups:

@@ -102,7 +102,10 @@ def test_train_records_the_size_choice_and_image_size_overrides_it(tmp_path, cap
     assert record["chosen_by"] == "measured" and [row["size"] for row in record["candidates"]] == [96, 128]
     assert record["native_short_side"] == 24 and record["chosen"] in (96, 128)
     assert json.loads((out / "config.json").read_text())["image_size"] == record["chosen"]
-    assert f"Image size: {record['chosen']} px" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"Image size: {record['chosen']} px" in err
+    # 8 images per class: the size choice scored them all, and training reuses its stage search.
+    assert "Stage search: reusing the one the size choice ran" in err
     run = finetune.train(data, out=str(tmp_path / "given"), strategy="linear", image_size=48, **TINY_MODEL)
     record = json.loads((run.directory / "policy.json").read_text())["image_size"]
     assert record == {"chosen": 48, "chosen_by": "requested", "reason": "48 px: requested (image_size)"}

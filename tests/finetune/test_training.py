@@ -146,7 +146,8 @@ def test_finetuning_that_loses_to_the_best_linear_head_keeps_the_linear_head(tmp
 def test_finetuning_options_with_a_linear_strategy_stop_at_once_naming_the_conflict(tmp_path):
     data = write_image_folder(tmp_path / "data", classes=("a", "b"), per_class=4)
     out = tmp_path / "run"
-    for options in ({"snapshots": 3}, {"augment": "light"}, {"unfreeze_groups": 2}, {"schedule": "step"}):
+    for options in ({"snapshots": 3}, {"augment": "light"}, {"unfreeze_groups": 2}, {"schedule": "step"},
+                    {"epochs": 3}):
         with pytest.raises(FinetuneError, match=r"only apply to finetuning.*--strategy finetune_top.*strategy='linear'"):
             finetune.train(data, out=str(out), strategy="linear", **options, **TINY)
         assert not out.exists()  # refused before any work
@@ -165,7 +166,8 @@ def test_auto_asked_for_snapshots_finetunes_them_and_says_why(tmp_path):
     policy = json.loads((run.directory / "policy.json").read_text())
     assert policy["strategy"] in ("linear", "multistage_linear")  # 8 images per class: the policy's own pick
     assert run.config["strategy"] == policy["used"] == {"linear": "finetune_top", "multistage_linear": "finetune_most"}[policy["strategy"]]
-    assert policy["switched_for"] == ["snapshots=2"] and "snapshots=2 asked for finetuning" in policy["reasons"][-1]
+    assert policy["switched_for"] == ["epochs=2", "snapshots=2"]
+    assert "epochs=2, snapshots=2 asked for finetuning" in policy["reasons"][-1]
     assert sorted(path.name for path in (run.directory / "snapshots").iterdir()) == ["snapshot_01.keras", "snapshot_02.keras"]
 
 
@@ -176,9 +178,10 @@ def test_a_large_validation_split_stays_held_out_and_tta_is_chosen_only_on_unsee
     assert small.metrics["val"]["held_out"] is False and small.metrics["stages"]["head"]["fit_on"] == "train+val"
     assert small.metrics["tta"]["mode"] == "none" and "not measured" in small.metrics["tta"]["chosen_by"]
     assert small.metrics["cv_images"] == 20 and small.metrics["cv_folds"] >= 2
-    large = finetune.train(data, out=str(tmp_path / "large"), held_out_val_per_class=2, **options)
+    large = finetune.train(data, out=str(tmp_path / "large"), held_out_val_per_class=2, tta_max_per_class=1, **options)
     assert large.metrics["val"]["held_out"] is True and large.metrics["stages"]["head"]["fit_on"] == "train"
     assert large.metrics["tta"]["chosen_by"].startswith("validation accuracy")
+    assert large.metrics["tta"]["images"] == 2  # one validation image per class: the measurement's cost is bounded
     assert set(large.metrics["tta"]["val_accuracy"]) >= {"none", "flip", "ten_crop"}
 
 
