@@ -31,8 +31,8 @@ def _similarity(top, best_lower):
         (30, 0.60, 0.85, "multistage_linear"),  # little + different
         (500, 0.95, 0.80, "finetune_top"),  # lots + similar
         (500, 0.60, 0.85, "finetune_most"),  # lots + different
-        (100, 0.795, 0.80, "finetune_top"),  # on the size threshold (lots), within the margin
-        (99, 0.785, 0.80, "multistage_linear"),  # just below both
+        (500, 0.795, 0.80, "finetune_top"),  # on the size threshold (lots), within the margin
+        (499, 0.785, 0.80, "multistage_linear"),  # just below both
     ],
 )
 def test_decision_table(min_per_class, top, lower, expected):
