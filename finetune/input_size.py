@@ -48,9 +48,13 @@ class SizeChoice:
     backbone: object = None  # the backbone at `size`, so that training does not build it again
     weights_source: str = ""
     search: object = None  # the stage search at `size` (finetune.stages.StageSearch), for training to reuse
+    chosen_by: str = "measured"  # or "requested" (`image_size` given: nothing measured)
 
     def to_dict(self) -> dict:
-        return {"chosen": self.size, "chosen_by": "measured", "native_short_side": self.native_short_side,
+        """policy.json's "image_size"."""
+        if self.chosen_by == "requested":
+            return {"chosen": self.size, "chosen_by": self.chosen_by, "reason": self.reason}
+        return {"chosen": self.size, "chosen_by": self.chosen_by, "native_short_side": self.native_short_side,
                 "candidates": self.candidates, "images": self.images, "reason": self.reason}
 
 
@@ -124,7 +128,7 @@ def _pool_source(source, max_per_class: int, seed: int):
     When nothing is left out, the splits are kept whole, so that their decoded images and
     features are cached under the keys that training itself uses.
     """
-    from finetune.data import DataSource, Split
+    from finetune.data import Split
     from finetune.stages import subsample
 
     splits = {name: source.splits[name] for name in ("train", "val")
@@ -167,10 +171,9 @@ def score_size(size: int, pool, spec, config: TrainConfig, num_classes: int, cla
     search = search_stage_heads(stages, np.concatenate(labels), num_classes, list(spec.stage_endpoints),
                                 c_grid=config.head_c_grid, max_per_class=None, class_weight=class_weight,
                                 seed=config.seed)
-    best = search.best
-    row = {"size": size, "cv_accuracy": None if best.cv_accuracy != best.cv_accuracy else round(best.cv_accuracy, 4),
-           "cv_loss": None if best.cv_loss != best.cv_loss else round(best.cv_loss, 4), "head": best.name,
-           "seconds": round(time.time() - started, 1)}
+    best = search.best.to_dict()  # unscored (nan) values as None
+    row = {"size": size, **{key: None if best[key] is None else round(best[key], 4) for key in ("cv_accuracy", "cv_loss")},
+           "head": best["name"], "seconds": round(time.time() - started, 1)}
     return row, search, backbone, weights_source
 
 
@@ -204,3 +207,19 @@ def choose_image_size(source, spec, config: TrainConfig, log=None) -> SizeChoice
     backbone, weights_source, search = built[chosen["size"]]
     built.clear()  # free the other backbones
     return SizeChoice(chosen["size"], native, rows, reason, images, backbone, weights_source, search)
+
+
+def resolve_image_size(source, spec, config: TrainConfig, log=None) -> SizeChoice:
+    """`config.data.image_size` when given, with the backbone built at it; else `choose_image_size`.
+
+    What `finetune train` and `finetune policy` both start from.
+    """
+    if not config.data.image_size:
+        return choose_image_size(source, spec, config, log=log)
+    from finetune import zoo
+
+    size = config.data.image_size
+    backbone, weights_source = zoo.build_backbone_with_source(spec, image_size=size, weights=config.model.weights,
+                                                              alpha=config.model.alpha)
+    return SizeChoice(size, None, [], f"{size} px: requested (image_size)", 0, backbone, weights_source,
+                      chosen_by="requested")

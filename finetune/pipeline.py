@@ -1,6 +1,6 @@
 """`train(config)`: a folder of images in, a run directory out, in six named steps.
 
-    size, record, choice = choose_size(config, spec, source) # the input size (finetune.input_size)
+    choice = choose_size(config, spec, source)               # the input size (finetune.input_size)
     data = prepare_data(config, spec, source=source, ...)    # split, decode, skipped.json
     features = compute_features(backbone, spec, data, ...)   # every stage, once, cached
     plan = plan_strategy(spec, features, data, config, ...)  # the transfer policy, policy.json
@@ -111,11 +111,10 @@ def check_config(config: TrainConfig) -> None:
     import augment
     from augment.tta_modes import MODES
     from finetune.config import STRATEGIES
+    from finetune.recipe import requested_preset
 
     check_choice("strategy", config.strategy, STRATEGIES)
     check_choice("tta", config.tta, ("auto", *MODES))
-    from finetune.recipe import requested_preset
-
     check_choice("auto_augment_preset", config.auto_augment_preset, tuple(augment.PRESETS))
     with as_finetune_error():  # refused now, not after minutes of features
         augment.resolve(requested_preset(config), **config.augment_options)
@@ -143,20 +142,18 @@ def check_config(config: TrainConfig) -> None:
 
 
 def choose_size(config: TrainConfig, spec, source):
-    """The run's image size: `config.data.image_size`, or measured on the data (`finetune.input_size`).
+    """The run's image size and the backbone built at it: `config.data.image_size`, or measured on the data.
 
-    Returns (size, policy.json's "image_size" record, the `SizeChoice` or None when requested).
+    Returns a `finetune.input_size.SizeChoice`; see `finetune.input_size`.
     """
-    from finetune.input_size import choose_image_size
+    from finetune.input_size import resolve_image_size
 
     if config.data.image_size:
-        record = {"chosen": config.data.image_size, "chosen_by": "requested",
-                  "reason": f"{config.data.image_size} px: requested (image_size)"}
-        return config.data.image_size, record, None
+        return resolve_image_size(source, spec, config)
     log(config, "Choosing the input size: scoring candidate sizes with linear heads on the stages...")
-    choice = choose_image_size(source, spec, config, log=lambda line: log(config, line))
+    choice = resolve_image_size(source, spec, config, log=lambda line: log(config, line))
     log(config, f"Image size: {choice.reason}. Give --image-size to choose another.")
-    return choice.size, choice.to_dict(), choice
+    return choice
 
 
 def prepare_data(config: TrainConfig, spec, *, source=None, image_size: int | None = None,
@@ -331,14 +328,9 @@ def train(config: TrainConfig):
 
     spec = zoo.get_spec(config.model.backbone)
     source = data_module.discover(config.data.source, config.data.val_fraction, config.seed)
-    image_size, size_record, choice = choose_size(config, spec, source)
-    data = prepare_data(config, spec, source=source, image_size=image_size, size_choice=size_record)
-    if choice is not None:
-        backbone, weights_source, data.size_search = choice.backbone, choice.weights_source, choice.search
-    else:
-        backbone, weights_source = zoo.build_backbone_with_source(
-            spec, image_size=data.image_size, weights=config.model.weights, alpha=config.model.alpha
-        )
+    choice = choose_size(config, spec, source)
+    data = prepare_data(config, spec, source=source, image_size=choice.size, size_choice=choice.to_dict())
+    backbone, weights_source, data.size_search = choice.backbone, choice.weights_source, choice.search
     backbone.trainable = False
     atomic_write_json(data.run_dir / LABELS_FILE, data.class_names)
     features = compute_features(backbone, spec, data, weights_source=weights_source, config=config)

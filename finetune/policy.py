@@ -263,6 +263,7 @@ def measure(data: DataConfig, model: ModelConfig, policy: PolicyConfig | None = 
     from finetune import data as data_module
     from finetune import zoo
     from finetune.features import stage_features
+    from finetune.input_size import resolve_image_size
     from finetune.stages import search_stage_heads
 
     if not data.source:
@@ -271,18 +272,10 @@ def measure(data: DataConfig, model: ModelConfig, policy: PolicyConfig | None = 
     policy = policy or PolicyConfig()
     spec = zoo.get_spec(model.backbone)
     source = data_module.discover(data.source, data.val_fraction, seed)
-    if data.image_size:
-        image_size, size_record = data.image_size, {"chosen": data.image_size, "chosen_by": "requested",
-                                                    "reason": f"{data.image_size} px: requested (image_size)"}
-        network, weights_source = zoo.build_backbone_with_source(spec, image_size=image_size, weights=model.weights,
-                                                                 alpha=model.alpha)
-    else:  # the size training would choose (finetune.input_size)
-        from finetune.input_size import choose_image_size
-
-        choice = choose_image_size(source, spec, TrainConfig(data=data, model=model, policy=policy,
-                                                             batch_size=batch_size, seed=seed, verbose=verbose))
-        image_size, size_record = choice.size, choice.to_dict()
-        network, weights_source = choice.backbone, choice.weights_source
+    # The size training would use: the requested one, or the one it would choose (finetune.input_size).
+    choice = resolve_image_size(source, spec, TrainConfig(data=data, model=model, policy=policy,
+                                                          batch_size=batch_size, seed=seed, verbose=verbose))
+    image_size, network, weights_source = choice.size, choice.backbone, choice.weights_source
     identity = {"backbone": spec.name, "weights": weights_source, "alpha": model.alpha}
     splits = {}
     for name in ("train", "val"):
@@ -296,5 +289,5 @@ def measure(data: DataConfig, model: ModelConfig, policy: PolicyConfig | None = 
     decision = measure_policy(spec, search, weights_source=weights_source, top_features=train_features[-1],
                               train_labels=train_labels, num_classes=len(source.class_names), config=policy)
     decision.update(backbone=spec.name, image_size=image_size, data=str(data.source))
-    decision["image_size_choice"] = size_record
+    decision["image_size_choice"] = choice.to_dict()
     return decision
