@@ -2,6 +2,7 @@
 
     finetune demo                      train and evaluate on the bundled sample
     finetune train DATA_DIR            train a classifier on a folder (one subfolder per class)
+    finetune search DATA_DIR           search learning rates and regularisation (random, coarse to fine)
     finetune evaluate RUN_DIR DATA_DIR accuracy, per-class metrics, confusion matrix
     finetune predict RUN_DIR IMAGE...  top-k labels per image
     finetune check-data DATA_DIR       the data set's health report
@@ -46,6 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("data_dir", metavar="DATA_DIR", help="a folder with one subfolder per class, or tfds:NAME")
     _add_train_arguments(train)
 
+    cli_arguments.add_config_argument(train)
+
+    search = commands.add_parser("search", help="random, log-scale, coarse-to-fine search of the training knobs")
+    search.add_argument("data_dir", metavar="DATA_DIR", help="a folder with one subfolder per class, or tfds:NAME")
+    _add_train_arguments(search)
+    cli_arguments.add_config_argument(search)
+    cli_arguments.add_search_arguments(search)
+    for action in search._actions:  # argparse keeps no public handle on an added argument's help
+        if action.dest == "out":
+            action.help = "the search folder: trials.csv, search.png, best.json, the resumable study (default: " \
+                          "models/search-<data>-<time>)"
+
     demo = commands.add_parser("demo", help="train and evaluate on the bundled texture sample (no data needed)")
     _add_train_arguments(demo)
     demo.set_defaults(image_size=128, epochs=0)
@@ -73,6 +86,35 @@ def _run_augment_preview(arguments) -> None:
 
 
 def _train_config(arguments, source: str):
+    """The `TrainConfig` of the arguments: over the defaults, or over `--config FILE` where one is given."""
+    config = _config_from_arguments(arguments, source)
+    if not getattr(arguments, "config", None):
+        return config
+    defaults = _config_from_arguments(build_parser().parse_args([arguments.command, source]), source)
+    return _over_file(arguments.config, config, defaults)
+
+
+def _over_file(path: str, given, defaults):
+    """The configuration in the JSON file at `path`, with each value of `given` that differs from `defaults` put over it."""
+    from finetune.config import TrainConfig
+    from finetune.files import read_json
+
+    try:
+        config = TrainConfig.from_dict(read_json(Path(path)))
+    except (TypeError, ValueError, AttributeError) as error:
+        raise FinetuneError(f"{path} is not a finetune configuration ({error}). Pass a search's best.json or a run's "
+                            f"config.json. Received: --config {path}") from None
+    mine, theirs, merged = given.to_dict(), defaults.to_dict(), config.to_dict()
+    for key, value in mine.items():
+        if isinstance(value, dict) and key in ("data", "model", "policy"):
+            merged[key].update({name: item for name, item in value.items() if item != theirs[key][name]})
+        elif value != theirs[key]:
+            merged[key] = value
+    merged["data"]["source"], merged["out"], merged["verbose"] = given.data.source, given.out, given.verbose
+    return TrainConfig.from_dict(merged)
+
+
+def _config_from_arguments(arguments, source: str):
     from finetune.cli_augment import augment_overrides as overrides_from_arguments
     from finetune.config import TrainConfig
 
@@ -178,6 +220,12 @@ def run_command(arguments) -> int:
         source = arguments.data_dir if arguments.command == "train" else str(SAMPLE_DIR)
         run = finetune.train(config=_train_config(arguments, source))
         _print_train_summary(run)
+    elif arguments.command == "search":
+        from finetune.search import run_search
+        from finetune.search.report import format_summary
+
+        summary = run_search(cli_arguments.search_config(arguments), _train_config(arguments, arguments.data_dir))
+        print(json.dumps(summary, indent=2) if arguments.json else format_summary(summary))
     elif arguments.command == "evaluate":
         result = finetune.evaluate(arguments.run_dir, arguments.data_dir, batch_size=arguments.batch_size,
                                    tta=arguments.tta, tta_combine=arguments.tta_combine)

@@ -25,6 +25,7 @@ from finetune.config import (
     ExportConfig,
     ModelConfig,
     PolicyConfig,
+    SearchConfig,
     TrainConfig,
 )
 
@@ -124,6 +125,50 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     _add_seed(parser)
     parser.add_argument("--out", default=TrainConfig.out, help="run directory (default: models/<data>-<backbone>-<time>)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="a configuration as JSON (a search's best.json, or a run's config.json): its values "
+                             "replace the defaults; options given here replace its values; DATA_DIR is the data")
+
+
+def add_search_arguments(parser: argparse.ArgumentParser) -> None:
+    """What `search` takes besides the training options its trials start from."""
+    group = parser.add_argument_group("search")
+    group.add_argument("--trials", type=int, default=SearchConfig.trials,
+                       help="trials in all, coarse and fine (default: %(default)s)")
+    group.add_argument("--budget-minutes", type=float, default=SearchConfig.budget_minutes,
+                       help="wall-clock budget; no trial starts that would end after it (default: none)")
+    group.add_argument("--params", default=None,
+                       help="comma-separated knobs to search (default: learning_rate, backbone_learning_rate_multiplier, "
+                            "weight_decay, dropout, label_smoothing, augment when finetuning; head_c for linear "
+                            "heads; also mixup, cutmix, unfreeze_groups, image_size)")
+    group.add_argument("--range", action="append", default=[], metavar="NAME=LOW:HIGH",
+                       help="replace a knob's range (NAME=A,B,C for choices); repeatable")
+    group.add_argument("--coarse-epochs", type=int, default=SearchConfig.coarse_epochs,
+                       help="epochs of a coarse trial (default: %(default)s)")
+    group.add_argument("--coarse-max-per-class", type=int, default=SearchConfig.coarse_max_per_class,
+                       help="training images per class of a coarse trial (default: %(default)s)")
+    group.add_argument("--fine-epochs", type=int, default=SearchConfig.fine_epochs,
+                       help="epochs of a fine trial (default: --epochs)")
+    group.add_argument("--json", action="store_true", help="print search.json")
+
+
+def search_config(arguments) -> SearchConfig:
+    from finetune.errors import FinetuneError
+    from finetune.search.space import parse_range
+
+    ranges = {}
+    for item in arguments.range:
+        name, separator, text = item.partition("=")
+        if not separator:
+            raise FinetuneError(f"--range takes NAME=LOW:HIGH (or NAME=A,B for choices). Received: --range {item}")
+        ranges[name.strip()] = parse_range(name.strip(), text.strip())
+    params = None if arguments.params is None else tuple(name.strip() for name in arguments.params.split(",") if name.strip())
+    return SearchConfig(params=params, ranges=ranges, trials=arguments.trials, budget_minutes=arguments.budget_minutes,
+                        coarse_epochs=arguments.coarse_epochs, coarse_max_per_class=arguments.coarse_max_per_class,
+                        fine_epochs=arguments.fine_epochs, out=arguments.out)
 
 
 def add_tta_arguments(parser: argparse.ArgumentParser) -> None:

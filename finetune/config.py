@@ -195,6 +195,40 @@ class TrainConfig:
 
 
 @dataclasses.dataclass
+class SearchConfig:
+    """Hyperparameter search (`finetune search`, finetune.search): random, log-scale, coarse to fine."""
+
+    # The knobs to search (names of finetune.search.space.PARAMETERS); None: the strategy's defaults
+    # (finetuning: rates, weight decay, dropout, label smoothing, augmentation; linear heads: C).
+    params: tuple[str, ...] | None = None
+    # Ranges replacing the built-in ones: {"learning_rate": (1e-5, 1e-3)}; categorical: a list.
+    ranges: dict = dataclasses.field(default_factory=dict)
+    # Trials in all, coarse and fine together; the coarse stage gets `coarse_share` of them.
+    trials: int = 20
+    coarse_share: float = 0.7
+    # A wall-clock budget for the whole search, or None (only `trials` bounds it). The coarse stage
+    # gets `coarse_budget_share` of it; a trial that would end after the budget is not started,
+    # except the first fine one (a best configuration measured on the whole data is the point).
+    budget_minutes: float | None = None
+    coarse_budget_share: float = 0.5
+    # Coarse finetuning trials are short (the course: a few epochs first) and train on at most this
+    # many images per class; trials stopped early by the pruner (the median of earlier trials at
+    # the same epoch) or the divergence guard. Fine trials train on the whole training split for
+    # `fine_epochs` (None: TrainConfig.epochs).
+    coarse_epochs: int = 2
+    coarse_max_per_class: int | None = 200
+    fine_epochs: int | None = None
+    # The fine stage samples within the range of the best `top_trials` coarse trials, widened by
+    # `widen_share` of the coarse range on each side (log scale where sampled log-uniform).
+    top_trials: int = 3
+    widen_share: float = 0.1
+    # A best value in the outer `edge_share` of its range is reported, with a widened range to try.
+    edge_share: float = 0.1
+    # Where trials.csv, search.png, best.json and the resumable study go; None: models/search-<data>-<time>.
+    out: str | None = None
+
+
+@dataclasses.dataclass
 class CheckConfig:
     """The babysitting checks of `finetune check` (finetune.diagnostics), before a long training."""
 

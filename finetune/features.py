@@ -28,10 +28,14 @@ def stage_feature_model(backbone, spec, image_size: int):
     return keras.Model(inputs, stages(Preprocess(spec.preprocessing)(inputs)), name="stage_features")
 
 
-def _cache_path(images: np.ndarray, identity: dict):
+def _cache_path(images: np.ndarray, identity: dict, backbone):
     digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode())
     digest.update(str(images.shape).encode())
     digest.update(np.ascontiguousarray(images).data)
+    # The weights themselves, not only their name: two networks initialised at random (weights
+    # "none", another seed) or a backbone a search finetuned must not share features.
+    for weight in backbone.weights:
+        digest.update(np.ascontiguousarray(np.asarray(weight)).data)
     return finetune_home() / "features" / f"{digest.hexdigest()}.npz"
 
 
@@ -42,7 +46,7 @@ def stage_features(backbone, spec, images: np.ndarray, identity: dict, batch_siz
     `identity` names what determines the features besides the pixels (backbone name, weights
     source, alpha); with the pixels it keys the on-disk cache.
     """
-    path = _cache_path(images, identity) if cache else None
+    path = _cache_path(images, identity, backbone) if cache else None
     if path is not None and path.exists():
         with np.load(path) as stored:
             return [stored[f"stage_{index}"] for index in range(len(stored.files))]

@@ -259,10 +259,15 @@ def _linear(candidate, backbone, spec, *, cut: bool, data: PreparedData, feature
 
 
 def _finetune(plan: Plan, backbone, spec, *, data: PreparedData, features: StageFeatures,
-              config: TrainConfig) -> LinearResult:
+              config: TrainConfig, callbacks=()) -> LinearResult:
     """The top stage's head, then finetuning, kept only if it beats the best linear head of the search."""
+    import keras
+
     from finetune.policy import groups_to_unfreeze
 
+    # Seeded here, not only at the start: what ran before (the size choice, a search's earlier
+    # trials) must not change the initialisation, dropout or shuffling of finetuning.
+    keras.utils.set_random_seed(config.seed)
     model = build_classifier(backbone, spec.preprocessing, data.num_classes, data.image_size,
                              dropout=config.model.dropout)
     head = fit_start_head(features, data.num_classes, config)
@@ -281,7 +286,7 @@ def _finetune(plan: Plan, backbone, spec, *, data: PreparedData, features: Stage
         )
     finetuned = stages["finetune"] = run_stages(
         model, backbone, spec, groups, config=config, train_split=data.train, val_split=data.val,
-        run_dir=data.run_dir, head_accuracy=head.val_accuracy, class_weight=data.class_weight)
+        run_dir=data.run_dir, head_accuracy=head.val_accuracy, class_weight=data.class_weight, callbacks=callbacks)
     current = finetuned["val_accuracy"] if finetuned["kept"] else head.val_accuracy
     candidate = features.search.best
     finetuned["linear_rival"] = rival = linear_rival(candidate, features, num_classes=data.num_classes,
@@ -301,8 +306,11 @@ def _finetune(plan: Plan, backbone, spec, *, data: PreparedData, features: Stage
 
 
 def fit_strategy(plan: Plan, backbone, spec, *, data: PreparedData, features: StageFeatures,
-                 config: TrainConfig) -> LinearResult:
-    """The model of the planned strategy, with what metrics.json records of its stages."""
+                 config: TrainConfig, callbacks=()) -> LinearResult:
+    """The model of the planned strategy, with what metrics.json records of its stages.
+
+    `callbacks` (Keras callbacks) watch the finetuning epochs too, e.g. a search's pruner.
+    """
     from finetune.stages import add_concatenation
 
     if plan.strategy == "linear":
@@ -311,7 +319,7 @@ def fit_strategy(plan: Plan, backbone, spec, *, data: PreparedData, features: St
         add_concatenation(features.search, *features.labelled, data.num_classes, config.head_c_grid,
                           config.policy.search_max_per_class, data.class_weight, config.seed)
         return _linear(features.search.best, backbone, spec, cut=True, data=data, features=features, config=config)
-    return _finetune(plan, backbone, spec, data=data, features=features, config=config)
+    return _finetune(plan, backbone, spec, data=data, features=features, config=config, callbacks=callbacks)
 
 
 def train(config: TrainConfig):

@@ -44,6 +44,8 @@ class _Inputs:
 
 
 def _inputs(model, train_split, val_split, config: TrainConfig, recipe: Recipe) -> _Inputs:
+    import keras
+
     import augment
     from finetune.data import make_dataset
 
@@ -64,6 +66,10 @@ def _inputs(model, train_split, val_split, config: TrainConfig, recipe: Recipe) 
     if soft:
         val = augment.one_hot_dataset(val, num_classes)
     loss, metrics = augment.loss_and_metrics(soft_labels=soft, label_smoothing=recipe.label_smoothing)
+    # The plain cross-entropy too (no smoothing): a loss that compares across label smoothings and
+    # mixing, for metrics.json and a search's trials.
+    metrics = metrics + [keras.metrics.CategoricalCrossentropy(name="log_loss") if soft
+                         else keras.metrics.SparseCategoricalCrossentropy(name="log_loss")]
     # Trained through a wrapper when augmentation runs on the accelerator; `model` shares its weights.
     fit_model = augment.with_augmentation(model, augmenter) if in_model else model
     return _Inputs(train, val, loss, metrics, fit_model, options)
@@ -123,7 +129,7 @@ def _callbacks(model, backbone, spec, groups: int, *, schedule: _Schedule, confi
 
 
 def run_stages(model, backbone, spec, groups: int, *, config: TrainConfig, train_split, val_split, run_dir,
-               head_accuracy: float | None, class_weight: dict | None = None) -> dict:
+               head_accuracy: float | None, class_weight: dict | None = None, callbacks=()) -> dict:
     """Finetunes the top `groups` freeze groups of `backbone` inside `model`; returns what metrics.json records.
 
     Args:
@@ -138,6 +144,7 @@ def run_stages(model, backbone, spec, groups: int, *, config: TrainConfig, train
             they reach it (None: always kept).
         class_weight: weights by class index for imbalanced data (`finetune.data.class_weights`).
             Defaults to None (all classes weigh the same).
+        callbacks: more Keras callbacks for `fit` (a search's pruner). Defaults to none.
     """
     import augment
     from finetune import zoo
@@ -155,19 +162,20 @@ def run_stages(model, backbone, spec, groups: int, *, config: TrainConfig, train
                                    learning_rate=schedule.learning_rate, weight_decay=recipe.weight_decay or None)
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     inputs.fit_model.compile(optimizer=optimizer, loss=inputs.loss, metrics=inputs.metrics)
-    callbacks, guard, ratio_monitor, snapshot_saver = _callbacks(model, backbone, spec, groups, schedule=schedule,
-                                                                 config=config, patience=recipe.patience,
-                                                                 run_dir=Path(run_dir))
+    watchers, guard, ratio_monitor, snapshot_saver = _callbacks(model, backbone, spec, groups, schedule=schedule,
+                                                                config=config, patience=recipe.patience,
+                                                                run_dir=Path(run_dir))
     head_weights = model.get_weights()
     log(config, f"Finetuning the top {groups} of {len(spec.freeze_groups)} groups ({len(unfrozen)} layers) for up to "
                 f"{schedule.epochs} epochs, {schedule.name} schedule; {'; '.join(recipe.reasons)}...")
     history = inputs.fit_model.fit(
         inputs.train, validation_data=inputs.val, epochs=schedule.epochs,
-        class_weight=class_weight, callbacks=callbacks,
+        class_weight=class_weight, callbacks=watchers + list(callbacks),
         shuffle=False,  # the dataset shuffles itself, seeded
         verbose=1 if config.verbose else 0,
     )
-    _, finetuned_accuracy = inputs.fit_model.evaluate(inputs.val, verbose=0)
+    evaluated = inputs.fit_model.evaluate(inputs.val, verbose=0, return_dict=True)
+    finetuned_accuracy = evaluated["accuracy"]
     kept = head_accuracy is None or finetuned_accuracy >= head_accuracy
     if not kept:
         model.set_weights(head_weights)
@@ -187,6 +195,7 @@ def run_stages(model, backbone, spec, groups: int, *, config: TrainConfig, train
         "augment": augment.describe(recipe.augment, **recipe.augment_options),
         "recipe": recipe.to_dict(),
         "val_accuracy": float(finetuned_accuracy),
+        "val_log_loss": float(evaluated["log_loss"]),
         "kept": bool(kept),
         "divergence": guard.report,
         "update_ratios": {name: float(value) for name, value in ratio_monitor.ratios.items()},

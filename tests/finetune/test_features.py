@@ -1,4 +1,4 @@
-"""Frozen-backbone features: one pooled array per stage endpoint, cached on disk by pixels and backbone identity."""
+"""Frozen-backbone features: one pooled array per stage endpoint, cached on disk by pixels, backbone identity and weights."""
 
 import keras
 import numpy as np
@@ -94,3 +94,13 @@ def test_without_the_cache_every_call_computes(backbone, images, predict_calls, 
     stage_features(backbone, SPEC, images, IDENTITY, batch_size=4, cache=False)
     assert len(predict_calls) == 2
     assert not (tmp_path / "features").exists()
+
+
+def test_two_networks_of_the_same_name_with_other_weights_do_not_share_features(backbone, images, predict_calls):
+    # weights "none" with another seed, or a backbone a search finetuned: same identity, other weights.
+    first = stage_features(backbone, SPEC, images, IDENTITY, batch_size=4)
+    other = keras.models.clone_model(backbone)
+    other.set_weights([weight * 0.5 for weight in backbone.get_weights()])
+    second = stage_features(other, SPEC, images, IDENTITY, batch_size=4)
+    assert len(predict_calls) == 2
+    assert not np.allclose(first[1], second[1])
