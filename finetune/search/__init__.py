@@ -190,14 +190,12 @@ def _run_stage(state: _Search, stage: str, parameters: list, total: int, deadlin
 
 def _fine_parameters(state: _Search) -> list:
     """The fine ranges around the best coarse trials, recorded in the fine study so that a resumed search keeps them."""
-    from finetune.search.space import Parameter
-
     fine = state.studies["fine"]
     if "ranges" in fine.user_attrs:
         stored = {item["name"]: item for item in fine.user_attrs["ranges"]}
         return [dataclasses.replace(parameter, low=stored[parameter.name]["low"], high=stored[parameter.name]["high"],
                                     choices=tuple(stored[parameter.name]["choices"])) if parameter.name in stored
-                else parameter for parameter in state.parameters if isinstance(parameter, Parameter)]
+                else parameter for parameter in state.parameters]
     complete = sorted((trial for trial in state.studies["coarse"].get_trials(deepcopy=False)
                        if trial.value is not None and trial.state.name == "COMPLETE"),
                       key=lambda trial: (-trial.value, trial.user_attrs.get("loss", float("inf"))))
@@ -230,6 +228,14 @@ def _identity(base: TrainConfig, search: SearchConfig) -> dict:
     return json.loads(json.dumps({"train": values, "search": settings}))  # as read back: lists, not tuples
 
 
+def _candidate_sizes(shared, source, config: TrainConfig) -> list[int]:
+    """The sizes the policy scored for this data, or would score when the size was given."""
+    from finetune.input_size import candidate_sizes, native_short_side
+
+    measured = [item["size"] for item in shared.data.size_choice.get("candidates", [])]
+    return measured or candidate_sizes(native_short_side(source, seed=config.seed), shared.spec, config.data)
+
+
 def _start(search: SearchConfig, base: TrainConfig) -> _Search:
     from finetune.data import discover
     from finetune.pipeline import LINEAR_STRATEGIES, check_config
@@ -259,7 +265,7 @@ def _start(search: SearchConfig, base: TrainConfig) -> _Search:
     base = TrainConfig.from_dict(base.to_dict())
     base.strategy, base.data.image_size = shared.plan.strategy, shared.data.image_size
     kind = "linear" if base.strategy in LINEAR_STRATEGIES else "finetune"
-    sizes = [item["size"] for item in shared.data.size_choice.get("candidates", [])] or [shared.data.image_size]
+    sizes = _candidate_sizes(shared, source, base) if "image_size" in (search.params or ()) else []
     parameters = resolve_parameters(search.params, kind=kind, ranges=search.ranges,
                                     num_groups=len(shared.spec.freeze_groups), sizes=sizes)
     return _Search(search, base, out, shared, kind, parameters, started, deadline)

@@ -159,8 +159,9 @@ def test_a_killed_search_resumes_keeping_its_finished_trials(tmp_path):
     interrupted = [row for row in rows if row["state"] == "fail"]
     assert len(interrupted) == 1 and "interrupted" in interrupted[0]["reason"]
     # The interrupted trial ran again with the same values.
-    again = [row for row in finished if row["learning_rate"] == interrupted[0]["learning_rate"]]
-    assert again and again[0]["stage"] == interrupted[0]["stage"]
+    again = [row for row in finished if row["stage"] == interrupted[0]["stage"]
+             and row["learning_rate"] == interrupted[0]["learning_rate"] and row["trial"] != first["trial"]]
+    assert len(again) == 1
 
 
 def test_unknown_knobs_and_bad_ranges_stop_the_search_before_any_work(tmp_path, capsys):
