@@ -89,6 +89,7 @@ def plot_search(path: Path, rows: list[dict], parameters: list, *, metric: str) 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     from finetune.curves import save_figure
 
@@ -110,10 +111,11 @@ def plot_search(path: Path, rows: list[dict], parameters: list, *, metric: str) 
                              facecolors=colour if finished else "none", alpha=0.85,
                              label=f"{stage}{'' if finished else ' (pruned)'}")
         if best is not None and parameter.name in best["params"]:
-            axis.scatter([_position(parameter, best["params"][parameter.name])], [best["value"]], marker="*", s=160,
-                         color="tab:red", label="best", zorder=3)
+            axis.scatter([_position(parameter, best["params"][parameter.name])], [best["value"]], marker="*", s=260,
+                         facecolors="none", edgecolors="tab:red", linewidths=1.5, label="best", zorder=3)
         if parameter.kind == "log":
             axis.set_xscale("log")
+            axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # within a decade they overlap
         if parameter.kind == "categorical":
             axis.set_xticks(range(len(parameter.choices)), [str(choice) for choice in parameter.choices])
         axis.set_xlabel(parameter.name + (" (log)" if parameter.kind == "log" else ""))
@@ -124,7 +126,7 @@ def plot_search(path: Path, rows: list[dict], parameters: list, *, metric: str) 
     handles, labels = axes.flat[0].get_legend_handles_labels()
     unique = dict(zip(labels, handles))
     axes.flat[0].legend(unique.values(), unique.keys(), fontsize="small")
-    figure.suptitle(f"{metric} by hyperparameter (red star: best)")
+    figure.suptitle(f"{metric} by hyperparameter (red star: the best)")
     save_figure(figure, path)  # through a temporary file and a rename
 
 

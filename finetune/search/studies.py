@@ -23,6 +23,7 @@ def open_study(out: Path, name: str, *, seed: int, prune: bool):
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress lines, not Optuna's
     storage = JournalStorage(JournalFileBackend(str(Path(out) / STUDY_FILE)))
     probe = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
     seed = seed * 1000 + STAGES.index(name) * 100 + len(probe.trials)
