@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import datasets  # noqa: E402
-from common import save_results  # noqa: E402
+from common import fresh_home, save_results  # noqa: E402
 
 SETTINGS = {
     "fashion_1000": {"data": lambda: datasets.fashion_mnist(per_class_train=800, per_class_val=200, test_per_class=200),
@@ -47,24 +47,12 @@ SETTINGS = {
 ARMS = ["auto", "linear", "multistage_linear", "finetune_top", "finetune_most", "keras_guide"]
 
 
-def _fresh_home(root: Path) -> Path:
-    """An empty FINETUNE_HOME with the imported weights of the user's home linked in."""
-    from finetune.config import finetune_home
-
-    home = root / "home"
-    home.mkdir(parents=True)
-    weights = finetune_home() / "weights"
-    if weights.exists():
-        os.symlink(weights, home / "weights")
-    return home
-
-
 def run_arm(data_dir: Path, arm: str, image_size: int | None, arguments) -> dict:
     import finetune
 
     with tempfile.TemporaryDirectory() as work:
         previous = os.environ.get("FINETUNE_HOME")
-        home = _fresh_home(Path(work))
+        home = fresh_home(Path(work))
         try:
             started = time.time()
             if arm == "keras_guide":

@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import datasets  # noqa: E402
-from common import save_results  # noqa: E402
+from common import fresh_home, save_results  # noqa: E402
 
 SETTINGS = {
     "digits": {"data": lambda: datasets.digits(), "image_size": None, "params": ("head_c", "image_size"),
@@ -109,17 +109,6 @@ def run_setting(name: str, arguments, work: Path) -> list[dict]:
     return rows
 
 
-def _fresh_home(root: Path) -> Path:
-    from finetune.config import finetune_home
-
-    home = root / "home"
-    home.mkdir(parents=True)
-    weights = finetune_home() / "weights"
-    if weights.exists():
-        os.symlink(weights, home / "weights")
-    return home
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
@@ -144,7 +133,7 @@ def main() -> None:
     for name in arguments.settings:
         with tempfile.TemporaryDirectory() as work:
             previous = os.environ.get("FINETUNE_HOME")
-            os.environ["FINETUNE_HOME"] = str(_fresh_home(Path(work)))
+            os.environ["FINETUNE_HOME"] = str(fresh_home(Path(work)))
             try:
                 rows += run_setting(name, arguments, Path(work))
             finally:

@@ -12,6 +12,18 @@ from pathlib import Path
 RESULTS_DIR = Path(__file__).parent / "results"
 
 
+def fresh_home(root: Path) -> Path:
+    """An empty FINETUNE_HOME under `root` with the imported weights of the user's home linked in."""
+    from finetune.config import finetune_home
+
+    home = root / "home"
+    home.mkdir(parents=True)
+    weights = finetune_home() / "weights"
+    if weights.exists():
+        os.symlink(weights, home / "weights")
+    return home
+
+
 def machine() -> dict:
     import keras
     import numpy

@@ -195,7 +195,7 @@ def compute_features(backbone, spec, data: PreparedData, *, weights_source: str,
     """
     from finetune.features import stage_features
     from finetune.policy import labelled_pool
-    from finetune.stages import search_stage_heads, subsample
+    from finetune.stages import subsample
 
     log(config, f"Computing {spec.name} features of {len(data.train.labels)} training images (once)...")
     identity = {"backbone": spec.name, "weights": weights_source, "alpha": config.model.alpha}
@@ -211,13 +211,32 @@ def compute_features(backbone, spec, data: PreparedData, *, weights_source: str,
     labelled = labelled_pool(train_features, data.train.labels, val_features, val_labels)
     search = data.size_search
     if search is None or search.images != len(subsample(labelled[1], config.policy.search_max_per_class, config.seed)):
-        search = search_stage_heads(*labelled, data.num_classes, list(spec.stage_endpoints), c_grid=config.head_c_grid,
-                                    max_per_class=config.policy.search_max_per_class, class_weight=data.class_weight,
-                                    seed=config.seed)
+        search = search_stages(labelled, data, spec, config)
     else:
         log(config, "Stage search: reusing the one the size choice ran at this size (same images and folds).")
     return StageFeatures(train_features, data.train.labels, val_features, val_labels, labelled, search,
                          data.class_weight)
+
+
+def search_stages(labelled, data: PreparedData, spec, config: TrainConfig):
+    """The cross-validated search over stage heads of `labelled` (features per stage, labels), as `config` sets it."""
+    from finetune.stages import search_stage_heads
+
+    return search_stage_heads(*labelled, data.num_classes, list(spec.stage_endpoints), c_grid=config.head_c_grid,
+                              max_per_class=config.policy.search_max_per_class, class_weight=data.class_weight,
+                              seed=config.seed)
+
+
+def linear_candidate(strategy: str, search, features: StageFeatures, data: PreparedData, config: TrainConfig):
+    """The head a linear strategy keeps of `search`: the top stage (linear), or the best candidate once the
+    concatenation of all stages is scored too (multistage_linear)."""
+    from finetune.stages import add_concatenation
+
+    if strategy == "linear":
+        return search.top
+    add_concatenation(search, *features.labelled, data.num_classes, config.head_c_grid,
+                      config.policy.search_max_per_class, data.class_weight, config.seed)
+    return search.best
 
 
 def plan_strategy(spec, features: StageFeatures, data: PreparedData, *, weights_source: str,
@@ -311,15 +330,35 @@ def fit_strategy(plan: Plan, backbone, spec, *, data: PreparedData, features: St
 
     `callbacks` (Keras callbacks) watch the finetuning epochs too, e.g. a search's pruner.
     """
-    from finetune.stages import add_concatenation
-
-    if plan.strategy == "linear":
-        return _linear(features.search.top, backbone, spec, cut=False, data=data, features=features, config=config)
-    if plan.strategy == "multistage_linear":
-        add_concatenation(features.search, *features.labelled, data.num_classes, config.head_c_grid,
-                          config.policy.search_max_per_class, data.class_weight, config.seed)
-        return _linear(features.search.best, backbone, spec, cut=True, data=data, features=features, config=config)
+    if plan.strategy in LINEAR_STRATEGIES:
+        candidate = linear_candidate(plan.strategy, features.search, features, data, config)
+        return _linear(candidate, backbone, spec, cut=plan.strategy == "multistage_linear", data=data,
+                       features=features, config=config)
     return _finetune(plan, backbone, spec, data=data, features=features, config=config, callbacks=callbacks)
+
+
+@dataclasses.dataclass
+class PreparedRun:
+    """The first four steps done: the backbone at the run's size, the data, its features and the plan."""
+
+    spec: object
+    backbone: object
+    weights_source: str
+    data: PreparedData
+    features: StageFeatures
+    plan: Plan
+
+
+def prepare_run(config: TrainConfig, spec, source) -> PreparedRun:
+    """Chooses the size, decodes the data, extracts every stage's features and plans the strategy."""
+    choice = choose_size(config, spec, source)
+    data = prepare_data(config, spec, source=source, image_size=choice.size, size_choice=choice.to_dict())
+    backbone, weights_source, data.size_search = choice.backbone, choice.weights_source, choice.search
+    backbone.trainable = False
+    atomic_write_json(data.run_dir / LABELS_FILE, data.class_names)
+    features = compute_features(backbone, spec, data, weights_source=weights_source, config=config)
+    plan = plan_strategy(spec, features, data, weights_source=weights_source, config=config)
+    return PreparedRun(spec, backbone, weights_source, data, features, plan)
 
 
 def train(config: TrainConfig):
@@ -336,13 +375,8 @@ def train(config: TrainConfig):
 
     spec = zoo.get_spec(config.model.backbone)
     source = data_module.discover(config.data.source, config.data.val_fraction, config.seed)
-    choice = choose_size(config, spec, source)
-    data = prepare_data(config, spec, source=source, image_size=choice.size, size_choice=choice.to_dict())
-    backbone, weights_source, data.size_search = choice.backbone, choice.weights_source, choice.search
-    backbone.trainable = False
-    atomic_write_json(data.run_dir / LABELS_FILE, data.class_names)
-    features = compute_features(backbone, spec, data, weights_source=weights_source, config=config)
-    plan = plan_strategy(spec, features, data, weights_source=weights_source, config=config)
-    result = fit_strategy(plan, backbone, spec, data=data, features=features, config=config)
-    return finish_run(result, data, plan, config=config, weights_source=weights_source,
+    prepared = prepare_run(config, spec, source)
+    result = fit_strategy(prepared.plan, prepared.backbone, spec, data=prepared.data, features=prepared.features,
+                          config=config)
+    return finish_run(result, prepared.data, prepared.plan, config=config, weights_source=prepared.weights_source,
                       seconds=lambda: round(time.time() - started, 2))

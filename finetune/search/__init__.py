@@ -153,8 +153,7 @@ def _estimate(state: _Search, study, stage: str) -> float:
     return (seconds(coarse) or 0.0) * scale
 
 
-def _progress(state: _Search, stage: str, done: int, total: int, trial) -> str:
-    rows = report.trial_rows(state.studies, state.parameters)
+def _progress(state: _Search, stage: str, done: int, total: int, trial, rows: list[dict]) -> str:
     best = report.best_row(rows)
     shown = f"{trial.value:.4f}" if trial.value is not None else trial.state.name.lower()
     reason = trial.user_attrs.get("reason")
@@ -173,19 +172,18 @@ def _progress(state: _Search, stage: str, done: int, total: int, trial) -> str:
 
 def _run_stage(state: _Search, stage: str, parameters: list, total: int, deadline: float | None) -> None:
     study = state.studies[stage]
-    objective = _objective(state, stage, parameters, None if stage == "fine" and not finished(study) else deadline)
     while len(finished(study)) < total:
         first_fine = stage == "fine" and not finished(study)
         if deadline is not None and not first_fine and time.time() + _estimate(state, study, stage) > deadline:
             log(state.base, f"{stage}: stopping after {len(finished(study))} of {total} trials: the next would end "
                             "after the time budget.")
             break
+        # The first fine trial runs to its end whatever the budget: a best measured on the whole data.
+        objective = _objective(state, stage, parameters, None if first_fine else deadline)
         study.optimize(objective, n_trials=1, catch=(), gc_after_trial=True)
-        trial = study.trials[-1]
-        log(state.base, _progress(state, stage, len(finished(study)), total, trial))
-        report.write_trials_csv(state.out / report.TRIALS_FILE, report.trial_rows(state.studies, state.parameters),
-                                state.parameters)
-        objective = _objective(state, stage, parameters, deadline)
+        rows = report.trial_rows(state.studies, state.parameters)
+        log(state.base, _progress(state, stage, len(finished(study)), total, study.trials[-1], rows))
+        report.write_trials_csv(state.out / report.TRIALS_FILE, rows, state.parameters)
 
 
 def _fine_parameters(state: _Search) -> list:
@@ -274,13 +272,13 @@ def _start(search: SearchConfig, base: TrainConfig) -> _Search:
 def _baseline(state: _Search) -> None:
     """The configuration's own values as the first coarse trial: what the search must beat."""
     from finetune.policy import groups_to_unfreeze
-    from finetune.recipe import augment_preset
+    from finetune.recipe import finetuning_recipe
 
     study = state.studies["coarse"]
     if study.trials:
         return
-    counts = [int((state.shared.data.train.labels == index).sum()) for index in range(state.shared.data.num_classes)]
-    preset, _ = augment_preset(state.base, min(counts))
+    data = state.shared.data
+    preset = finetuning_recipe(state.base, data.train.labels, data.num_classes).augment  # what "auto" becomes
     groups = state.base.unfreeze_groups or groups_to_unfreeze(state.base.strategy, len(state.shared.spec.freeze_groups),
                                                               state.base.policy)
     values = default_values(state.parameters, state.base, augment_preset=preset, unfreeze_groups=groups)

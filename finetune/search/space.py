@@ -225,7 +225,7 @@ def apply_values(config: TrainConfig, values: dict) -> TrainConfig:
             config.augment_options = {**config.augment_options, name: float(value)}
         elif name == "head_c":
             config.head_c_grid = (float(value),)
-        elif name in ("augment",):
+        elif name == "augment":
             config.augment = str(value)
         elif name == "unfreeze_groups":
             config.unfreeze_groups = int(value)

@@ -27,19 +27,14 @@ import keras
 import numpy as np
 
 from finetune.errors import FinetuneError
+from finetune.pipeline import PreparedRun
 
 
 @dataclasses.dataclass
-class SearchData:
-    """What every trial at one image size shares."""
+class SearchData(PreparedRun):
+    """What every trial at one image size shares: the prepared run, and the backbone's weights before any trial."""
 
-    spec: object
-    backbone: object
-    weights_source: str
-    data: object  # finetune.pipeline.PreparedData, without the test split
-    features: object  # finetune.linear.StageFeatures
-    plan: object  # finetune.pipeline.Plan
-    initial_weights: list  # the backbone's weights before any trial finetuned it
+    initial_weights: list = dataclasses.field(default_factory=list)
 
 
 def without_test(source):
@@ -50,16 +45,11 @@ def without_test(source):
 def prepare(config, source) -> SearchData:
     """Decodes, extracts the stage features and plans the strategy once, as `finetune train` does."""
     from finetune import zoo
-    from finetune.pipeline import choose_size, compute_features, plan_strategy, prepare_data
+    from finetune.pipeline import prepare_run
 
-    spec = zoo.get_spec(config.model.backbone)
-    choice = choose_size(config, spec, source)
-    data = prepare_data(config, spec, source=source, image_size=choice.size, size_choice=choice.to_dict())
-    backbone, weights_source, data.size_search = choice.backbone, choice.weights_source, choice.search
-    backbone.trainable = False
-    features = compute_features(backbone, spec, data, weights_source=weights_source, config=config)
-    plan = plan_strategy(spec, features, data, weights_source=weights_source, config=config)
-    return SearchData(spec, backbone, weights_source, data, features, plan, backbone.get_weights())
+    prepared = prepare_run(config, zoo.get_spec(config.model.backbone), source)
+    shared = {field.name: getattr(prepared, field.name) for field in dataclasses.fields(prepared)}
+    return SearchData(**shared, initial_weights=prepared.backbone.get_weights())
 
 
 class TrialReporter(keras.callbacks.Callback):
@@ -92,19 +82,11 @@ class TrialReporter(keras.callbacks.Callback):
 
 def linear_trial(shared: SearchData, config) -> dict:
     """The cross-validated accuracy of the head a linear strategy keeps with `config.head_c_grid`."""
-    from finetune.stages import add_concatenation, search_stage_heads
+    from finetune.pipeline import linear_candidate, search_stages
 
     features, data = shared.features, shared.data
-    arguments = dict(max_per_class=config.policy.search_max_per_class, class_weight=features.class_weight,
-                     seed=config.seed)
-    search = search_stage_heads(*features.labelled, data.num_classes, list(shared.spec.stage_endpoints),
-                                c_grid=config.head_c_grid, **arguments)
-    if shared.plan.strategy == "multistage_linear":
-        add_concatenation(search, *features.labelled, data.num_classes, config.head_c_grid,
-                          arguments["max_per_class"], arguments["class_weight"], arguments["seed"])
-        candidate = search.best
-    else:
-        candidate = search.top
+    search = search_stages(features.labelled, data, shared.spec, config)
+    candidate = linear_candidate(shared.plan.strategy, search, features, data, config)
     if search.folds == 0 or np.isnan(candidate.cv_accuracy):
         raise FinetuneError(f"{data.source.root} has too few images per class to cross-validate linear heads, so there "
                             "is nothing to compare trials by. Add images (at least 2 per class), or train with defaults.")
