@@ -18,10 +18,17 @@ from pathlib import Path
 
 import finetune
 import finetune.inference
-from finetune.run import EXPORT_FILE, MODEL_FILE, SNAPSHOT_DIR, is_model_directory, load_run
+from finetune.run import (
+    DEFAULT_MODELS_DIR,  # noqa: F401  public here: the app's defaults are finetune's
+    EXPORT_FILE,
+    MODEL_FILE,
+    MODELS_DIR_VARIABLE,  # noqa: F401
+    find_model_directories,
+    honest_accuracy,
+    load_run,
+    models_dir,
+)
 
-MODELS_DIR_VARIABLE = "FINETUNE_MODELS_DIR"
-DEFAULT_MODELS_DIR = "models"
 MAKE_A_MODEL = "Make a model with `make demo` (trains on the bundled sample) or `finetune train DATA_DIR`."
 
 
@@ -33,7 +40,7 @@ def models_dir_from(argv: list[str], environ) -> Path:
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--models-dir", default=None)
     known, _ = parser.parse_known_args(argv)
-    return Path(known.models_dir or environ.get(MODELS_DIR_VARIABLE) or DEFAULT_MODELS_DIR).expanduser()
+    return models_dir(known.models_dir, environ)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +73,7 @@ def find_models(models_dir) -> tuple[list[ModelEntry], list[dict]]:
     """
     entries, problems = [], []
     try:
-        candidates = _candidates(Path(models_dir))
+        candidates = find_model_directories(Path(models_dir))
     except OSError as error:  # a folder we may not read
         return [], [{"path": str(models_dir), "reason": f"cannot be listed ({error})"}]
     for candidate in candidates:
@@ -80,19 +87,6 @@ def find_models(models_dir) -> tuple[list[ModelEntry], list[dict]]:
     return entries, problems
 
 
-def _candidates(models_dir: Path, depth: int = 2) -> list[Path]:
-    """Run and export directories under `models_dir`; a folder of them (e.g. models/exports/) is searched too."""
-    if depth == 0 or not models_dir.is_dir():
-        return []
-    found = []
-    for directory in sorted(path for path in models_dir.iterdir() if path.is_dir() and not path.name.startswith(".")):
-        if is_model_directory(directory):
-            found.append(directory)
-        elif directory.name != SNAPSHOT_DIR:  # a run's snapshots are its own, not separate models
-            found += _candidates(directory, depth - 1)
-    return found
-
-
 def describe(run, path) -> ModelEntry:
     """The sidebar's facts about a loaded `Run`: labels, backbone, strategy, members, accuracy, date."""
     config, metrics = dict(run.config or {}), dict(run.metrics or {})
@@ -103,15 +97,10 @@ def describe(run, path) -> ModelEntry:
     model_file = directory / MODEL_FILE
     modified = model_file.stat().st_mtime if model_file.exists() else 0.0
     model = config.get("model") if isinstance(config.get("model"), dict) else {}
-    accuracy = metrics.get("val_accuracy")
-    if accuracy is None and isinstance(metrics.get("val"), dict):
-        accuracy = metrics["val"].get("accuracy")
-    accuracy_kind = "Validation accuracy"
-    if isinstance(metrics.get("val"), dict) and metrics["val"].get("held_out") is False and metrics.get("cv_accuracy") is not None:
-        # The head was fit on the validation images too: the cross-validated figure is the honest one.
-        accuracy, accuracy_kind = metrics["cv_accuracy"], "Cross-validated accuracy"
-        if metrics.get("cv_images"):
-            accuracy_kind += f" ({metrics['cv_images']} images)"
+    accuracy, kind = honest_accuracy(metrics)
+    accuracy_kind = _ACCURACY_LABELS.get(kind, "Validation accuracy")
+    if kind == "cross-validated" and metrics.get("cv_images"):
+        accuracy_kind += f" ({metrics['cv_images']} images)"
     return ModelEntry(
         path=str(directory),
         name=directory.name,
@@ -128,6 +117,11 @@ def describe(run, path) -> ModelEntry:
         tta=None,
         recorded_tta=finetune.inference.recorded_tta(run),
     )
+
+
+# The sidebar's names of `finetune.run.honest_accuracy`'s kinds.
+_ACCURACY_LABELS = {"validation": "Validation accuracy", "cross-validated": "Cross-validated accuracy",
+                    "validation, not held out": "Validation accuracy (not held out)"}
 
 
 def _describe_export(run, directory: Path, export: dict) -> ModelEntry:

@@ -4,7 +4,8 @@
     finetune app --models-dir path/to/models      # or: FINETUNE_MODELS_DIR=path/to/models finetune app
 
 A thin UI: models are listed by `app/listing.py`, uploads decoded and predicted by `app/uploads.py`
-through `finetune.inference`, results tabulated by `app/results.py`; this file only draws.
+through `finetune.inference`, results tabulated by `app/results.py`, a run's own figures read by
+`app/report.py`; this file only draws.
 Uploads stay in memory; nothing is written to disk.
 """
 
@@ -23,7 +24,7 @@ if str(ROOT) not in sys.path:  # `streamlit run app/streamlit_app.py` puts app/,
 
 import finetune  # noqa: E402
 import finetune.inference  # noqa: E402
-from app import listing, uploads  # noqa: E402
+from app import listing, report, uploads  # noqa: E402
 from app.results import results_csv, results_table, views_montage  # noqa: E402
 
 TITLE = "finetune: what is in your images?"
@@ -43,6 +44,12 @@ def predict_cached(path: str, modified: float, name: str, data: bytes, tta: str,
         return uploads.predict_upload(load_model(path, modified), name, data, tta=tta, top_k=top_k, max_bytes=max_bytes)
     except Exception as error:  # one image must not take the page down: report it, go on with the others
         return uploads.ImageResult(name=name, error=f"prediction failed ({type(error).__name__}: {error})", tta=tta)
+
+
+@st.cache_data(max_entries=64, show_spinner="Computing the heat map...")
+def explain_cached(path: str, modified: float, data: bytes, label: str, max_bytes: int):
+    """On demand, once per image and label: the Grad-CAM overlay, or why there is none."""
+    return uploads.explain_upload(load_model(path, modified), data, label, max_bytes=max_bytes)
 
 
 def model_picker_ui(models_dir: Path) -> listing.ModelEntry | None:
@@ -145,12 +152,30 @@ def probability_chart(predictions: list[dict]):
     return bars + text
 
 
-def result_ui(result: uploads.ImageResult) -> None:
-    """One image's card: the picture, its top-k as bars, latency, member agreement, and the TTA views."""
+def result_ui(result: uploads.ImageResult, explain=None) -> None:
+    """One image's card: the picture, its answer and top-k as bars, latency, member agreement, the TTA views.
+
+    `explain`, when given, is a function (result -> (overlay, reason)) whose heat map is shown beside the picture.
+    """
     with st.container(border=True):
-        st.image(result.image, caption=result.name, width="stretch")
         best = result.predictions[0]
-        st.markdown(f"### {best['label']} &nbsp; <small>{best['probability']:.1%}</small>", unsafe_allow_html=True)
+        if explain is None:
+            st.image(result.image, caption=result.name, width="stretch")
+        else:
+            overlay, reason = explain(result)
+            left, right = st.columns(2)
+            left.image(result.image, caption=result.name, width="stretch")
+            if overlay is not None:
+                right.image(overlay, caption=f"why {best['label']}: Grad-CAM", width="stretch")
+            else:
+                right.caption(f"No heat map: {reason}")
+        if result.unknown:
+            st.markdown(f"### unknown &nbsp; <small>closest: {best['label']}, {best['probability']:.1%}</small>",
+                        unsafe_allow_html=True)
+            st.caption("Its top probability is under the threshold training chose on held-out images of the known "
+                       "classes: it probably shows none of them.")
+        else:
+            st.markdown(f"### {best['label']} &nbsp; <small>{best['probability']:.1%}</small>", unsafe_allow_html=True)
         st.altair_chart(probability_chart(result.predictions), width="stretch", height=28 * len(result.predictions) + 36)
         details = [f"latency {result.latency_ms:.0f} ms", f"TTA: {result.tta}"]
         if result.agreement is not None:
@@ -161,7 +186,7 @@ def result_ui(result: uploads.ImageResult) -> None:
                 st.image(views_montage(result.views), width="stretch")
 
 
-def results_ui(results: list[uploads.ImageResult], per_row: int = 3) -> None:
+def results_ui(results: list[uploads.ImageResult], per_row: int = 3, explain=None) -> None:
     """Messages for the files that could not be used, then a grid of cards for the others."""
     for result in results:
         if not result.ok:
@@ -170,7 +195,25 @@ def results_ui(results: list[uploads.ImageResult], per_row: int = 3) -> None:
     for start in range(0, len(predicted), per_row):
         for column, result in zip(st.columns(per_row), predicted[start : start + per_row]):
             with column:
-                result_ui(result)
+                result_ui(result, explain)
+
+
+def run_report_ui(entry: listing.ModelEntry) -> None:
+    """How the chosen run did, folded away: its confusion.png (or the counts as a table) and per-class figures."""
+    shown = report.run_report(entry)
+    if shown is None:
+        return
+    with st.expander(report.EXPANDER_LABEL):
+        if shown.picture is not None:
+            st.image(str(shown.picture), width="stretch")
+        for split in shown.splits:
+            st.markdown(f"**{split.title}**")
+            if shown.picture is None and split.confusion:
+                st.caption("Confusion matrix (rows: true class, columns: predicted)")
+                st.dataframe(split.confusion, hide_index=True)
+            st.dataframe(split.per_class, hide_index=True)
+        for note in shown.notes:
+            st.caption(note)
 
 
 def results_table_ui(results: list[uploads.ImageResult]) -> None:
@@ -193,6 +236,7 @@ def main() -> None:
         st.error(f"Could not load the model `{entry.path}` ({type(error).__name__}: {error}). Pick another one. {listing.MAKE_A_MODEL}")
         return
     tta, top_k = options_ui(entry)
+    run_report_ui(entry)
     max_bytes = uploads.max_upload_bytes_from(os.environ)
     files = inputs_ui(max_bytes)
     if not files:
@@ -202,7 +246,16 @@ def main() -> None:
     with st.spinner(f"Predicting {len(files)} image{'s' if len(files) > 1 else ''}..."):
         for name, data in files:
             results.append(predict_cached(entry.path, entry.modified, name, data, tta, top_k, max_bytes))
-    results_ui(results)
+    show_why = st.sidebar.toggle("Show why (Grad-CAM heat maps)", value=False, key="explain",
+                                 help="Where in each image the evidence for its label lies; computed on demand.")
+    explain = None
+    if show_why:
+        by_name = dict(files)
+
+        def explain(result):
+            return explain_cached(entry.path, entry.modified, by_name[result.name], result.predictions[0]["label"],
+                                  max_bytes)
+    results_ui(results, explain=explain)
     results_table_ui(results)
 
 

@@ -53,6 +53,8 @@ class ImageResult:
     views: list[np.ndarray] = dataclasses.field(default_factory=list)  # the TTA views the model saw, uint8
     member_labels: list[str] = dataclasses.field(default_factory=list)  # an ensemble's members' top-1
     agreement: float | None = None  # share of members whose top-1 is the ensemble's
+    unknown: bool = False  # under the run's "unknown" threshold: like none of the classes
+    answer: str = ""  # the top label, or "unknown (closest: LABEL, p)"
 
     @property
     def ok(self) -> bool:
@@ -118,7 +120,24 @@ def predict_upload(run, name: str, data: bytes, *, tta: str = "none", top_k: int
         views=list(prediction.views) if tta != "none" else [],
         member_labels=prediction.member_labels,
         agreement=prediction.agreement,
+        unknown=prediction.unknown,
+        answer=prediction.answer,
     )
+
+
+def explain_upload(run, data: bytes, label: str, *, max_bytes: int = int(DEFAULT_MAX_UPLOAD_MEGABYTES * 1e6)):
+    """The upload's thumbnail with the Grad-CAM heat map of `label` laid over it (`finetune.inference.explain_image`).
+
+    Returns (overlay uint8 RGB, None), or (None, why not): a bad file, or a model that cannot be explained.
+    """
+    try:
+        image = decode_upload(data, max_bytes=max_bytes)
+    except finetune.inference.BadImageError as error:
+        return None, error.reason
+    try:
+        return finetune.inference.explain_image(run, image, label, display=_thumbnail(image)), None
+    except finetune.FinetuneError as error:
+        return None, str(error)
 
 
 def warm_up(run) -> None:

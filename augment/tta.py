@@ -242,7 +242,7 @@ _FROM_PASS = {
 
 
 def choose_tta(model, val_images, val_labels, modes=AUTO_MODES, image_size: int | None = None,
-               batch_size: int = 32, combine: str = "mean", scales=MULTISCALE) -> tuple[str, dict[str, float]]:
+               batch_size: int = 32, combine: str = "mean", scales=MULTISCALE, return_probabilities: bool = False):
     """The TTA mode with the best validation accuracy; ties go to the cheaper mode (earlier in `MODES`).
 
     Views shared between modes are computed once: `none` and `flip` come from one pass over the
@@ -261,9 +261,12 @@ def choose_tta(model, val_images, val_labels, modes=AUTO_MODES, image_size: int 
         batch_size: views per forward pass (batch_size // views images). Defaults to 32.
         combine: "mean" or "geometric". Defaults to "mean".
         scales: the multiscale sizes for a 224-px model.
+        return_probabilities: also return each mode's combined probabilities (to calibrate the
+            chosen one without another pass). Defaults to False.
 
     Returns:
-        (the chosen mode, {mode: validation accuracy}).
+        (the chosen mode, {mode: validation accuracy}), and {mode: probabilities [N, C]} after
+        them when `return_probabilities`.
     """
     modes = list(modes)
     if not modes:
@@ -276,8 +279,7 @@ def choose_tta(model, val_images, val_labels, modes=AUTO_MODES, image_size: int 
     if len(labels) == 0:
         raise AugmentError("`val_labels` is empty: choosing a TTA mode needs validation images.")
     images_at = _images_at(val_images, image_size)
-    passes = {}
-    accuracies = {}
+    passes, accuracies, combined = {}, {}, {}
     for mode in sorted(modes, key=MODES.index):
         pass_mode, indices = _FROM_PASS[mode]
         if pass_mode not in passes:
@@ -289,11 +291,11 @@ def choose_tta(model, val_images, val_labels, modes=AUTO_MODES, image_size: int 
                 )
             passes[pass_mode] = view_probabilities(model, images, pass_mode, image_size, batch_size, scales)
         views = passes[pass_mode] if indices is None else passes[pass_mode][:, indices]
-        predicted = np.argmax(np.asarray(_combine(views, combine)), axis=-1)
-        accuracies[mode] = float(np.mean(predicted == labels))
+        combined[mode] = np.asarray(_combine(views, combine))
+        accuracies[mode] = float(np.mean(np.argmax(combined[mode], axis=-1) == labels))
     best = max(accuracies.values())
     chosen = next(mode for mode in MODES if mode in accuracies and accuracies[mode] == best)
-    return chosen, accuracies
+    return (chosen, accuracies, combined) if return_probabilities else (chosen, accuracies)
 
 
 def _images_at(val_images, image_size: int):

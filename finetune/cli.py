@@ -4,13 +4,17 @@
     finetune train DATA_DIR            train a classifier on a folder (one subfolder per class)
     finetune search DATA_DIR           search learning rates and regularisation (random, coarse to fine)
     finetune evaluate RUN_DIR DATA_DIR accuracy, per-class metrics, confusion matrix
-    finetune predict RUN_DIR IMAGE...  top-k labels per image
+    finetune predict RUN_DIR IMAGE...  top-k labels per image, "unknown" for images of no class
+    finetune explain RUN_DIR IMAGE...  why: each image with its Grad-CAM heat map
     finetune check-data DATA_DIR       the data set's health report
     finetune augment-preview DATA_DIR  a grid of training images and augmented samples (PNG)
     finetune check DATA_DIR            babysitting: initial loss, overfit 20 images, learning-rate range test
     finetune export RUN_DIR... --out D one model (or an ensemble) as .keras, SavedModel, TFLite or ONNX
     finetune app                       the web app: pick a model, upload images, see predictions
     finetune zoo                       the backbones, their input sizes, parameters and stages
+    finetune runs [DIR]                the runs in models/, newest first: data, backbone, accuracy, time
+
+Every command takes --verbose: TensorFlow's own start-up lines and warnings too (see finetune.quiet).
 """
 
 from __future__ import annotations
@@ -64,12 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(image_size=128, epochs=0)
 
     cli_arguments.add_evaluate_and_predict_commands(commands)
+    from finetune.cli_predict import add_explain_command
+
+    add_explain_command(commands)
     _add_augment_preview_command(commands)
 
     cli_arguments.add_check_data_and_policy_commands(commands)
     cli_arguments.add_app_command(commands)
     cli_arguments.add_check_and_export_commands(commands)
     cli_arguments.add_zoo_command(commands)
+    cli_arguments.add_runs_command(commands)
+    cli_arguments.add_verbose_argument(parser, commands)  # last: every command takes it
     return parser
 
 
@@ -132,6 +141,7 @@ def _config_from_arguments(arguments, source: str):
         held_out_val_per_class=arguments.held_out_val_per_class,
         out=arguments.out,
         verbose=0 if arguments.quiet else 1,
+        tensorboard=arguments.tensorboard,
         augment=arguments.augment,
         augment_options=overrides_from_arguments(arguments),
         label_smoothing=arguments.label_smoothing,
@@ -196,6 +206,23 @@ def _run_check(arguments) -> int:
     return 0 if all(result.passed for result in results) else 1
 
 
+def _run_evaluate(arguments) -> None:
+    """`finetune evaluate`: the figures, and with --plot the confusion matrix drawn (its path under "plot" in --json)."""
+    import finetune
+    from finetune.confusion import check_plot_path, plot_confusion
+
+    plot = check_plot_path(arguments.plot, "--plot") if arguments.plot else None  # before the work, not after
+    result = finetune.evaluate(arguments.run_dir, arguments.data_dir, batch_size=arguments.batch_size,
+                               tta=arguments.tta, tta_combine=arguments.tta_combine)
+    if plot is not None:
+        split = "test split" if result["split"] == "test" else "all images"
+        title = f"{Path(result['run']).name} on {arguments.data_dir}: confusion matrix (rows: true, columns: predicted)"
+        result["plot"] = str(plot_confusion({split: result}, plot, title=title))
+    print(json.dumps(result, indent=2) if arguments.json else _format_evaluation(result))
+    if plot is not None and not arguments.json:
+        print(f"Confusion matrix drawn in {result['plot']}")
+
+
 def _run_export(arguments) -> None:
     from finetune.export.writer import export_ensemble
 
@@ -227,21 +254,11 @@ def run_command(arguments) -> int:
         summary = run_search(cli_arguments.search_config(arguments), _train_config(arguments, arguments.data_dir))
         print(json.dumps(summary, indent=2) if arguments.json else format_summary(summary))
     elif arguments.command == "evaluate":
-        result = finetune.evaluate(arguments.run_dir, arguments.data_dir, batch_size=arguments.batch_size,
-                                   tta=arguments.tta, tta_combine=arguments.tta_combine)
-        print(json.dumps(result, indent=2) if arguments.json else _format_evaluation(result))
-    elif arguments.command == "predict":
-        results = finetune.predict(arguments.run_dir, arguments.inputs, top_k=arguments.top_k, batch_size=arguments.batch_size,
-                                   tta=arguments.tta, tta_combine=arguments.tta_combine)
-        if arguments.json:
-            print(json.dumps(results, indent=2))
-        else:
-            for item in results:
-                if "error" in item:
-                    print(f"{item['path']}: skipped ({item['error']})")
-                else:
-                    labels = ", ".join(f"{p['label']} {p['probability']:.3f}" for p in item["predictions"])
-                    print(f"{item['path']}: {labels}")
+        _run_evaluate(arguments)
+    elif arguments.command in ("predict", "explain"):
+        from finetune import cli_predict
+
+        (cli_predict.run_predict if arguments.command == "predict" else cli_predict.run_explain)(arguments)
     elif arguments.command == "policy":
         from finetune.policy import format_policy, measure
 
@@ -271,6 +288,8 @@ def run_command(arguments) -> int:
         return _run_check(arguments)
     elif arguments.command == "export":
         _run_export(arguments)
+    elif arguments.command == "runs":
+        _run_runs(arguments)
     elif arguments.command == "zoo":
         from finetune.zoo import zoo_table
 
@@ -284,9 +303,23 @@ def run_command(arguments) -> int:
     return 0
 
 
+def _run_runs(arguments) -> None:
+    from finetune.run import models_dir
+    from finetune.runs import format_runs, list_runs
+
+    folder = models_dir(arguments.models_dir)
+    rows, problems = list_runs(folder)
+    if arguments.json:
+        print(json.dumps({"runs": [row.to_dict() for row in rows], "unreadable": problems}, indent=2))
+    else:
+        print(format_runs(rows, problems, folder))
+
+
 def main(argv=None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     arguments = build_parser().parse_args(argv)
+    from finetune.quiet import quiet_start
+
+    quiet_start(verbose=arguments.verbose)  # before anything imports TensorFlow
     try:
         return run_command(arguments)
     except USER_ERRORS as error:

@@ -125,6 +125,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     _add_seed(parser)
     parser.add_argument("--out", default=TrainConfig.out, help="run directory (default: models/<data>-<backbone>-<time>)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also write TensorBoard logs of the finetuning epochs into RUN_DIR/tensorboard")
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
@@ -186,6 +188,8 @@ def add_evaluate_and_predict_commands(commands) -> None:
     evaluate.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="images per batch (default: %(default)s)")
     add_tta_arguments(evaluate)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--plot", metavar="FILE.png", default=None,
+                          help="also draw the confusion matrix (counts and row-normalised) into this PNG")
 
     predict = commands.add_parser("predict", help="top-k labels of images")
     predict.add_argument("run_dir", metavar="RUN_DIR")
@@ -254,6 +258,24 @@ def add_check_and_export_commands(commands) -> None:
 def add_zoo_command(commands) -> None:
     zoo = commands.add_parser("zoo", help="list the backbones")
     zoo.add_argument("--json", action="store_true")
+
+
+def add_runs_command(commands) -> None:
+    runs = commands.add_parser("runs", help="the training runs in a folder, newest first, with their accuracy and time")
+    runs.add_argument("models_dir", metavar="DIR", nargs="?", default=None,
+                      help="where the runs are (default: $FINETUNE_MODELS_DIR or models/)")
+    runs.add_argument("--json", action="store_true", help='print {"runs": [...], "unreadable": [...]}')
+
+
+VERBOSE_HELP = "also show TensorFlow's own start-up lines and warnings (hidden by default)"
+
+
+def add_verbose_argument(parser: argparse.ArgumentParser, commands) -> None:
+    """`--verbose` before the command (`finetune --verbose train ...`) and after it (`finetune train ... --verbose`)."""
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+    for command in commands.choices.values():
+        # SUPPRESS: a command that was not given --verbose leaves the value before the command alone.
+        command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
 
 
 def model_config(arguments) -> ModelConfig:

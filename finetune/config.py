@@ -155,6 +155,15 @@ class TrainConfig:
     # cost up to 10 forward passes per image, and 100 per class tell them apart as well as the
     # stage search tells stages apart.
     tta_max_per_class: int = 100
+    # Temperature scaling (finetune.calibration): one scalar fit after training on held-out
+    # predictions (validation images the model did not fit, or the stage search's out-of-fold
+    # logits for heads fit on every labelled image), stored in model.keras; False keeps the raw
+    # softmax. It never changes a label, only how sure the model says it is.
+    calibrate: bool = True
+    # "None of these": the share of held-out images of known classes whose calibrated top
+    # probability must clear the unknown threshold (finetune.openset). 0.95 keeps 95% of them;
+    # the rest, and images of no class, are answered "unknown". 0 records no threshold.
+    unknown_keep: float = 0.95
     # Inverse regularisation strengths tried for heads on cached features; the best by
     # cross-validation (linear strategies) or on validation data (the head finetuning starts from).
     head_c_grid: tuple[float, ...] = (0.01, 0.1, 1.0)
@@ -172,8 +181,13 @@ class TrainConfig:
     held_out_val_per_class: int = 50
     # Where the run directory goes; None: models/<data-name>-<backbone>-<timestamp>.
     out: str | None = None
-    # Show progress bars.
+    # Progress on stderr: 0 nothing; 1 our progress lines, with bars on a terminal and one line per
+    # epoch (or per 1,000 images) into a log file or a pipe (finetune.progress).
     verbose: int = 1
+    # Also write TensorBoard logs of the finetuning epochs (losses, accuracies, learning rate, update
+    # ratios) into run/tensorboard/: `tensorboard --logdir models/` compares runs. Off: history.csv and
+    # curves.png already hold the curves, and the event files cost disk and a little time per epoch.
+    tensorboard: bool = False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

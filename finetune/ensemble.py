@@ -30,6 +30,7 @@ def load_members(paths) -> list:
     import keras
 
     import augment.tta  # noqa: F401  registers the TTA layers of ensembles exported with TTA
+    import finetune.temperature  # noqa: F401  registers the calibration layer
     import finetune.zoo  # noqa: F401  registers the custom layers before loading
     models = []
     for path in paths:
@@ -39,7 +40,7 @@ def load_members(paths) -> list:
     return models
 
 
-def build_ensemble(models, name: str = "ensemble", tta=None):
+def build_ensemble(models, name: str = "ensemble", tta=None, temperature: float | None = None):
     """One model that averages the class probabilities of `models`.
 
     Args:
@@ -50,6 +51,10 @@ def build_ensemble(models, name: str = "ensemble", tta=None):
             "center", "five_crop", "ten_crop", "multiscale"), applied around the whole ensemble:
             all views go through every member in one pass. Crop modes make the ensemble take
             larger images (`augment.tta.source_size`). Defaults to None.
+        temperature: the ensemble's own temperature (`finetune.calibration`), fit on its averaged
+            held-out probabilities: the members' own temperatures are then taken off, and it is
+            applied after the average and the TTA views. Defaults to None: one member keeps its
+            temperature (after the TTA views), several members keep theirs inside.
 
     Returns:
         A functional `keras.Model` with input "image"; each member is wrapped as its own model
@@ -61,9 +66,15 @@ def build_ensemble(models, name: str = "ensemble", tta=None):
     """
     import keras
 
+    from finetune.temperature import split_temperature, with_temperature
+
     models = list(models)
     if not models:
         raise FinetuneError("An ensemble needs at least one model. Received: models=[]")
+    if temperature is not None or len(models) == 1:
+        split = [split_temperature(model) for model in models]
+        models = [core for core, _ in split]
+        temperature = split[0][1] if temperature is None else temperature
     input_shapes = {tuple(model.input_shape[1:]) for model in models}
     output_shapes = {tuple(_single(model.outputs).shape[1:]) for model in models}
     if len(input_shapes) > 1 or len(output_shapes) > 1:
@@ -75,7 +86,7 @@ def build_ensemble(models, name: str = "ensemble", tta=None):
     outputs = [keras.Model(model.inputs, _single(model.outputs), name=f"member_{index}")(inputs)
                for index, model in enumerate(models)]
     averaged = keras.layers.Average(name="average")(outputs) if len(outputs) > 1 else outputs[0]
-    ensemble = keras.Model(inputs, averaged, name=name)
+    ensemble = with_temperature(keras.Model(inputs, averaged, name=name), temperature)
     return apply_tta(ensemble, tta)
 
 
@@ -85,13 +96,18 @@ def _single(outputs):
 
 
 def apply_tta(model, tta):
-    """Wraps `model` with test-time augmentation from `augment.tta` when `tta` names a mode."""
+    """Wraps `model` with test-time augmentation from `augment.tta` when `tta` names a mode.
+
+    A final temperature (`finetune.temperature`) moves after the views' average: calibrated as a whole.
+    """
     if tta is None or tta == "none":
         return model
     from augment.tta import build_tta_model
+    from finetune.temperature import split_temperature, with_temperature
 
+    core, temperature = split_temperature(model)
     # The model then takes larger "source" images for the crop modes: see augment.tta.source_size.
-    return build_tta_model(model, tta)
+    return with_temperature(build_tta_model(core, tta), temperature)
 
 
 def _log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:

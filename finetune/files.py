@@ -9,6 +9,8 @@ A run directory holds:
     config.json     the resolved configuration, with the seed and library versions
     policy.json     the transfer policy's measurements, decision and reasons
     history.csv     one line per finetuning epoch
+    curves.png      the training curves (finetune.curves)
+    confusion.png   the validation and test confusion matrices, counts and row-normalised
     metrics.json    validation (and test) accuracy, per-class precision/recall, confusion matrix
     skipped.json    files that could not be used, with the reason
     snapshots/      the models of a snapshot ensemble, one per cycle
@@ -34,7 +36,9 @@ POLICY_FILE = "policy.json"
 METRICS_FILE = "metrics.json"
 SKIPPED_FILE = "skipped.json"
 HISTORY_FILE = "history.csv"
+CALIBRATION_FILE = "calibration.png"  # the reliability diagram (finetune.trust)
 CURVES_FILE = "curves.png"
+CONFUSION_FILE = "confusion.png"  # the validation and test confusion matrices (finetune.confusion)
 BACKUP_DIR = "backup"  # keras.callbacks.BackupAndRestore: a killed run resumes from here
 SNAPSHOT_DIR = "snapshots"
 EXPORT_FILE = "export.json"  # marks an export directory (finetune.export)

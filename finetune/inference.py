@@ -16,8 +16,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import sys
-import weakref
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +23,15 @@ import numpy as np
 from augment.tta_modes import COMBINES, MODES, resolve_mode, source_size, sources_per_pass
 from finetune.config import DataConfig
 from finetune.data import BadImageError, discover, list_images, load_image, load_images_for_prediction, load_split, resize_image
-from finetune.errors import USER_ERRORS, FinetuneError, as_finetune_error, check_choice
+from finetune.errors import USER_ERRORS, FinetuneError, as_finetune_error
+from finetune.forward import forward, graph_of, is_keras_model, views_of
 from finetune.metrics import classification_metrics
 from finetune.metrics import top_k as top_k_labels
 from finetune.run import LABELS_FILE, Run, load_run
 
 __all__ = [
-    "TTA_COMBINES", "TTA_MODES", "BadImageError", "ImagePrediction", "decode_image", "evaluate", "predict",
-    "predict_arrays", "recorded_tta",
+    "TTA_COMBINES", "TTA_MODES", "BadImageError", "ImagePrediction", "decode_image", "evaluate", "explain_image",
+    "predict", "predict_arrays", "recorded_tta",
 ]  # fmt: skip
 
 # The test-time augmentation modes and combines, from `augment` (the one list: the CLI and the app read these).
@@ -50,6 +49,10 @@ class ImagePrediction:
         member_labels: an ensemble's members' top-1 labels, in member order; [] for one model.
         agreement: the share of members whose top-1 is the ensemble's; None for one model.
         views: the images the model saw, uint8 [views, S, S, 3], when asked for; else None.
+        unknown: True when the top probability is under the run's "unknown" threshold
+            (`finetune.openset`): the image looks like none of the classes; `predictions[0]` is then
+            the closest label. False when it clears it or no threshold applies.
+        threshold: the threshold applied, or None.
     """
 
     predictions: list[dict]
@@ -57,6 +60,16 @@ class ImagePrediction:
     member_labels: list[str] = dataclasses.field(default_factory=list)
     agreement: float | None = None
     views: np.ndarray | None = None
+    unknown: bool = False
+    threshold: float | None = None
+
+    @property
+    def answer(self) -> str:
+        """What to show: the top label, or "unknown (closest: LABEL, p)"."""
+        from finetune.openset import describe
+
+        best = self.predictions[0]
+        return describe({"unknown": self.unknown, "closest": best["label"], "probability": best["probability"]})
 
 
 def decode_image(data, *, max_megapixels: float = DataConfig.max_megapixels) -> np.ndarray:
@@ -88,7 +101,7 @@ def recorded_tta(run) -> str:
 
 
 def predict_arrays(run, images, *, tta: str = "none", top_k: int = 5, batch_size: int = 32, combine: str = "mean",
-                   return_views: bool = False) -> list[ImagePrediction]:
+                   return_views: bool = False, unknown="auto") -> list[ImagePrediction]:
     """Top-k labels of decoded images, with an ensemble's member agreement and, if asked, the views the model saw.
 
     Each image is resized whole (aspect not kept, PIL bilinear, as in training) to the mode's
@@ -105,6 +118,8 @@ def predict_arrays(run, images, *, tta: str = "none", top_k: int = 5, batch_size
         batch_size: views per forward pass (batch_size // views images). Defaults to 32.
         combine: "mean" of the views' probabilities or their "geometric" mean. Defaults to "mean".
         return_views: also return the views, uint8 (for display). Defaults to False.
+        unknown: "auto" (the threshold training recorded, if any), "off", or a threshold in (0, 1)
+            on the top probability: images under it are marked unknown. Defaults to "auto".
 
     Returns:
         One `ImagePrediction` per image, in order.
@@ -114,15 +129,17 @@ def predict_arrays(run, images, *, tta: str = "none", top_k: int = 5, batch_size
     """
     run = _as_run(run)
     mode = _tta_mode(run, tta)
+    threshold = _threshold(run, unknown)
     sources = _sources(images, source_size(mode, run.image_size))
     if len(sources) == 0:
         return []
-    graph = _graph(run, mode, combine)
-    probabilities, *members = _forward(graph, sources, per_pass=sources_per_pass(batch_size, mode))
-    views = _views(graph, sources) if return_views else None
+    graph = graph_of(run, mode, combine)
+    probabilities, *members = forward(graph, sources, per_pass=sources_per_pass(batch_size, mode))
+    views = views_of(graph, sources) if return_views else None
     results = []
     for index, predictions in enumerate(top_k_labels(probabilities, run.labels, top_k)):
-        result = ImagePrediction(predictions=predictions, probabilities=probabilities[index])
+        result = ImagePrediction(predictions=predictions, probabilities=probabilities[index], threshold=threshold,
+                                 unknown=threshold is not None and predictions[0]["probability"] < threshold)
         if members:
             result.member_labels = [run.labels[int(np.argmax(member[index]))] for member in members]
             best = predictions[0]["label"]
@@ -133,8 +150,31 @@ def predict_arrays(run, images, *, tta: str = "none", top_k: int = 5, batch_size
     return results
 
 
+def explain_image(run, image: np.ndarray, label: str, *, display: np.ndarray | None = None) -> np.ndarray:
+    """`display` (default: `image`) with the Grad-CAM heat map of `label` for `image` laid over it (`finetune.explain`).
+
+    The map is computed on the whole image resized to the run's input size, as `predict_arrays` sees it
+    without TTA; it shows where the evidence for `label` lies.
+
+    Raises:
+        FinetuneError: a label not among the run's, or a model that is not a Keras classifier built
+            by finetune (an export in another format).
+    """
+    from finetune.explain import heat_maps, overlay
+
+    run = _as_run(run)
+    if not is_keras_model(run.model):
+        raise FinetuneError(f"Heat maps need a Keras model; {run.directory} holds a {type(run.model).__name__} export. "
+                            "Explain the training run it came from, or an export with --format keras.")
+    if label not in run.labels:
+        raise FinetuneError(f"`label` must be one of the run's labels ({', '.join(run.labels)}). Received: label={label!r}")
+    heat = heat_maps(run.model, _sources([image], run.image_size), [run.labels.index(label)])[0]
+    return overlay(image if display is None else display, heat)
+
+
 def predict(run_or_path, inputs, *, top_k: int = 5, batch_size: int = 32,
-            max_megapixels: float = DataConfig.max_megapixels, tta: str = "auto", tta_combine: str = "mean") -> list[dict]:
+            max_megapixels: float = DataConfig.max_megapixels, tta: str = "auto", tta_combine: str = "mean",
+            unknown="auto") -> list[dict]:
     """Top-k labels of each image; `inputs` are image files and folders (searched recursively).
 
     Args:
@@ -145,10 +185,12 @@ def predict(run_or_path, inputs, *, top_k: int = 5, batch_size: int = 32,
         max_megapixels: larger images are skipped. Defaults to `DataConfig.max_megapixels`.
         tta: as in `evaluate`. Defaults to "auto".
         tta_combine: as in `evaluate`. Defaults to "mean".
+        unknown: as in `predict_arrays`. Defaults to "auto".
 
     Returns:
-        A list of {"path", "predictions": [{"label", "probability"}]}; an image that cannot be
-        read gives {"path", "error"} instead, and the others are still predicted.
+        A list of {"path", "predictions": [{"label", "probability"}], "unknown": bool, "answer":
+        the label or "unknown (closest: LABEL, p)"}; an image that cannot be read gives
+        {"path", "error"} instead, and the others are still predicted.
     """
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
@@ -168,9 +210,11 @@ def predict(run_or_path, inputs, *, top_k: int = 5, batch_size: int = 32,
     images, good_paths, skipped = load_images_for_prediction(paths, source_size(mode, run.image_size), max_megapixels)
     results = {}
     if len(good_paths):
-        predicted = predict_arrays(run, images, tta=mode, top_k=top_k, batch_size=batch_size, combine=tta_combine)
+        predicted = predict_arrays(run, images, tta=mode, top_k=top_k, batch_size=batch_size, combine=tta_combine,
+                                   unknown=unknown)
         for path, prediction in zip(good_paths, predicted):
-            results[str(path)] = {"path": str(path), "predictions": prediction.predictions}
+            results[str(path)] = {"path": str(path), "predictions": prediction.predictions,
+                                  "unknown": prediction.unknown, "answer": prediction.answer}
     for item in skipped:
         results[str(item["path"])] = {"path": str(item["path"]), "error": item["reason"]}
     return [results[str(path)] for path in paths if str(path) in results]
@@ -219,8 +263,8 @@ def evaluate(run_or_path, data_dir: str, *, batch_size: int = 32, max_megapixels
         skipped += loaded.skipped
     if not images or sum(len(batch) for batch in images) == 0:
         raise FinetuneError(f"No readable images to evaluate in {data_dir}.")
-    graph = _graph(run, mode, tta_combine)
-    probabilities = _forward(graph, np.concatenate(images), per_pass=sources_per_pass(batch_size, mode), verbose=verbose)[0]
+    graph = graph_of(run, mode, tta_combine)
+    probabilities = forward(graph, np.concatenate(images), per_pass=sources_per_pass(batch_size, mode), verbose=verbose)[0]
     result = classification_metrics(np.concatenate(labels), probabilities, run.labels)
     result.update(split="test" if split_names == ["test"] else "all", skipped=skipped, run=str(run.directory), tta=mode)
     return result
@@ -232,6 +276,14 @@ def evaluate(run_or_path, data_dir: str, *, batch_size: int = 32, max_megapixels
 
 def _as_run(run_or_path) -> Run:
     return run_or_path if isinstance(run_or_path, Run) else load_run(run_or_path)
+
+
+def _threshold(run: Run, unknown) -> float | None:
+    """The "unknown" threshold to apply: see `finetune.openset.resolve_threshold`."""
+    from finetune.openset import resolve_threshold
+
+    recorded = run.config.get("unknown")
+    return resolve_threshold(unknown, recorded if isinstance(recorded, dict) else None)
 
 
 def _tta_mode(run: Run, tta: str | None) -> str:
@@ -246,111 +298,3 @@ def _sources(images, size: int) -> np.ndarray:
         return images  # `predict` decodes at the source size already: no copy of a large set
     resized = [resize_image(image, size) for image in images]
     return np.stack(resized) if resized else np.zeros((0, size, size, 3), dtype=np.uint8)
-
-
-# Built graphs of each run by (mode, combine): building one and tracing its predict function
-# takes seconds, which the app would pay on every upload. Dropped when the run is.
-_GRAPHS: dict[int, dict] = {}
-
-
-def _graph(run: Run, mode: str, combine: str):
-    """The model of one forward pass for `run`: source images -> [probabilities, each member's probabilities]."""
-    check_choice("tta_combine", combine, COMBINES)
-    key = id(run)
-    if key not in _GRAPHS:
-        _GRAPHS[key] = {}
-        weakref.finalize(run, _GRAPHS.pop, key, None)
-    graphs = _GRAPHS[key]
-    if (mode, combine) not in graphs:
-        graphs[(mode, combine)] = _build_graph(run, mode, combine)
-    return graphs[(mode, combine)]
-
-
-def _is_keras_model(model) -> bool:
-    keras = sys.modules.get("keras")  # a Keras model exists only once Keras is imported: no import for the others
-    return keras is not None and isinstance(model, keras.Model)
-
-
-def _build_graph(run: Run, mode: str, combine: str):
-    """`run.model`, with an ensemble's member outputs beside its own and the mode's views cut and combined.
-
-    An export in another format (TFLite, ONNX, SavedModel) is its own graph: it takes TTA only
-    built in (`finetune export --tta`).
-    """
-    model = run.model
-    if not _is_keras_model(model):
-        if mode != "none":
-            raise FinetuneError(
-                f"Test-time augmentation needs a Keras model; {run.directory} holds a {type(model).__name__}. "
-                f"Export with `finetune export --tta {mode}` to build it in, or pass --tta none. Received: tta={mode!r}"
-            )
-        return model
-    import keras
-
-    members = _member_outputs(model)
-    core = keras.Model(model.inputs, [model.outputs[0], *members], name=f"{model.name}_members") if members else model
-    if mode == "none":
-        return core
-    from augment.tta import TTAAverage, TTACrops
-
-    crops = TTACrops(mode, run.image_size, name="tta_crops")
-    inputs = keras.Input((crops.source_size, crops.source_size, model.input_shape[-1]), name="image")
-    per_view = _as_list(core(_structured(core, crops(inputs))))
-    # augment.tta.build_tta_model's combine, for each output: the members' views are combined as the ensemble's.
-    combined = [TTAAverage(crops.views, combine, name=f"tta_average_{index}")(output)
-                for index, output in enumerate(per_view)]
-    return keras.Model(inputs, combined, name=f"{model.name}_tta_{mode}")
-
-
-def _member_outputs(model) -> list:
-    """The members' probabilities inside an ensemble's own graph ([] for one model).
-
-    `finetune.ensemble.build_ensemble` wraps member k as layer `member_k` and averages them in
-    layer "average"; its inputs are the members' outputs, so one pass gives them all.
-    """
-    members = [layer for layer in model.layers if layer.name.startswith("member_")]
-    if len(members) < 2 or "average" not in {layer.name for layer in model.layers}:
-        return []
-    outputs = model.get_layer("average").input
-    return list(outputs) if isinstance(outputs, (list, tuple)) and len(outputs) == len(members) else []
-
-
-def _structured(model, batch):
-    """`batch` in the structure the model was built with (`[image]` or `image`), which Keras warns about otherwise."""
-    return [batch] if isinstance(model.input, (list, tuple)) else batch
-
-
-def _as_list(outputs) -> list:
-    if isinstance(outputs, dict):
-        return list(outputs.values())
-    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
-
-
-def _forward(graph, sources: np.ndarray, *, per_pass: int, verbose: int = 0) -> list[np.ndarray]:
-    """The graph's outputs for every source image, `per_pass` images per forward pass.
-
-    Keras's `predict` sets up a data pipeline on every call (about 0.2 s, measured), which one
-    upload would pay each time; `predict_on_batch` does not. `predict` is used for its progress bar.
-    """
-    if not _is_keras_model(graph):  # an export's predictor
-        return [np.asarray(graph.predict(sources.astype(np.float32), batch_size=per_pass, verbose=verbose))]
-    if verbose:
-        outputs = graph.predict(_structured(graph, sources.astype(np.float32)), batch_size=per_pass, verbose=verbose)
-        return [np.asarray(output) for output in _as_list(outputs)]
-    batches = []
-    for start in range(0, len(sources), per_pass):
-        batch = sources[start : start + per_pass].astype(np.float32)
-        batches.append([np.asarray(output) for output in _as_list(graph.predict_on_batch(_structured(graph, batch)))])
-    return [np.concatenate(outputs) for outputs in zip(*batches)]
-
-
-def _views(graph, sources: np.ndarray) -> np.ndarray:
-    """The views the graph cut of each source, uint8 [N, views, S, S, 3] (its own crop layer: the same pixels)."""
-    if not _is_keras_model(graph) or "tta_crops" not in {layer.name for layer in graph.layers}:
-        return sources[:, None]
-    import keras
-
-    crops = graph.get_layer("tta_crops")
-    views = keras.ops.convert_to_numpy(crops(sources.astype(np.float32)))
-    views = views.reshape(len(sources), crops.views, *views.shape[1:])
-    return np.clip(np.rint(views), 0, 255).astype(np.uint8)

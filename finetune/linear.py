@@ -42,6 +42,9 @@ class LinearResult:
     head: object  # finetune.head.LinearHead
     train_features: np.ndarray  # the head's inputs, for history.csv
     val_features: np.ndarray | None
+    # Predictions of images the head was not fit on, when the validation split is not such:
+    # (out-of-fold probabilities, labels, where they come from), to calibrate the head on.
+    held_out: tuple | None = None
 
 
 def _joined(split_features, indices):
@@ -97,7 +100,13 @@ def fit_linear_model(candidate, backbone, spec, *, cut: bool, image_size: int, n
             "chosen": candidate.name,
             "chosen_stages": [spec.stage_endpoints[index] for index in indices],
         }
-    return LinearResult(model, stages, head, _joined(features.train, indices), _joined(features.val, indices))
+    held_out = None
+    if fit_on_val and candidate.oof_logits is not None:
+        logits = candidate.oof_logits - candidate.oof_logits.max(axis=1, keepdims=True)
+        held_out = (np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True), candidate.oof_labels,
+                    f"out-of-fold predictions of the stage search ({features.search.folds} folds)")
+    return LinearResult(model, stages, head, _joined(features.train, indices), _joined(features.val, indices),
+                        held_out)
 
 
 def describe_linear(result: LinearResult, search, candidate) -> list[str]:

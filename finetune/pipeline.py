@@ -19,6 +19,7 @@ data, both the head it started from and the best linear head of the stage search
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import time
 from pathlib import Path
 
@@ -126,6 +127,9 @@ def check_config(config: TrainConfig) -> None:
         raise FinetuneError(f"`epochs` must be 0 or more. Received: epochs={config.epochs}")
     if config.batch_size < 1:
         raise FinetuneError(f"`batch_size` must be at least 1. Received: batch_size={config.batch_size}")
+    if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise FinetuneError("`tensorboard` needs the tensorboard package, which TensorFlow writes its logs with: "
+                            "pip install tensorboard. Received: tensorboard=True")
     if config.snapshots == 1 or config.snapshots < 0:
         raise FinetuneError(f"`snapshots` must be 0 (off) or at least 2 (cycles of the ensemble). "
                             f"Received: snapshots={config.snapshots}")
@@ -195,6 +199,7 @@ def compute_features(backbone, spec, data: PreparedData, *, weights_source: str,
     """
     from finetune.features import stage_features
     from finetune.policy import labelled_pool
+    from finetune.progress import keras_verbose
     from finetune.stages import subsample
 
     log(config, f"Computing {spec.name} features of {len(data.train.labels)} training images (once)...")
@@ -203,7 +208,7 @@ def compute_features(backbone, spec, data: PreparedData, *, weights_source: str,
     def features_of(split):
         if split is None:
             return None
-        return stage_features(backbone, spec, split.images, identity, config.batch_size, 1 if config.verbose else 0,
+        return stage_features(backbone, spec, split.images, identity, config.batch_size, keras_verbose(config.verbose),
                               config.data.cache)
 
     train_features, val_features = features_of(data.train), features_of(data.val)

@@ -6,11 +6,13 @@ What a run directory holds, and how its files are written, is in `finetune.files
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 from finetune.errors import FinetuneError
 from finetune.files import (  # noqa: F401  the run-file names, public here for the app
     CONFIG_FILE,
+    CONFUSION_FILE,
     EXPORT_FILE,
     LABELS_FILE,
     METRICS_FILE,
@@ -75,3 +77,62 @@ def load_run(path) -> Run:
     config = read_json(directory / CONFIG_FILE)
     metrics = read_json(directory / METRICS_FILE) if (directory / METRICS_FILE).exists() else {}
     return Run(directory=directory, labels=list(labels), config=config, metrics=metrics)
+
+
+# Where runs are listed from (`finetune runs`, the app) and where `finetune train` puts them by default.
+MODELS_DIR_VARIABLE = "FINETUNE_MODELS_DIR"
+DEFAULT_MODELS_DIR = "models"
+
+
+def models_dir(given=None, environ=None) -> Path:
+    """The folder to list runs from: `given`, else $FINETUNE_MODELS_DIR, else models/.
+
+    Args:
+        given: a folder the user named (`finetune runs DIR`, `--models-dir DIR`). Defaults to None.
+        environ: the environment to read. Defaults to `os.environ`.
+    """
+    environ = os.environ if environ is None else environ
+    return Path(given or environ.get(MODELS_DIR_VARIABLE) or DEFAULT_MODELS_DIR).expanduser()
+
+
+def find_model_directories(folder, depth: int = 2) -> list[Path]:
+    """Run and export directories under `folder`, by path; a folder of them (e.g. models/exports/) is searched too.
+
+    A run's snapshots/ are its own, not separate models. Raises `OSError` when a folder cannot be listed.
+
+    Args:
+        folder: where to look.
+        depth: how many levels of folders to look into. Defaults to 2.
+    """
+    folder = Path(folder)
+    if depth == 0 or not folder.is_dir():
+        return []
+    found = []
+    for directory in sorted(path for path in folder.iterdir() if path.is_dir() and not path.name.startswith(".")):
+        if is_model_directory(directory):
+            found.append(directory)
+        elif directory.name != SNAPSHOT_DIR:
+            found += find_model_directories(directory, depth - 1)
+    return found
+
+
+def honest_accuracy(metrics: dict) -> tuple[float | None, str | None]:
+    """A run's estimate of its accuracy on new images (from its metrics.json), and which figure that is.
+
+    Returns:
+        (accuracy, kind), kind one of: "validation" (images the final model was not fit on);
+        "cross-validated" (the head was also fit on the validation images, or there were none,
+        so the stage search's held-out folds give the estimate); "validation, not held out"
+        (seen images, and no cross-validated figure to fall back on); (None, None) when the run
+        recorded neither.
+    """
+    validation = metrics.get("val") if isinstance(metrics.get("val"), dict) else {}
+    accuracy = metrics.get("val_accuracy")
+    if accuracy is None:
+        accuracy = validation.get("accuracy")
+    cross_validated = metrics.get("cv_accuracy")
+    if cross_validated is not None and (accuracy is None or validation.get("held_out") is False):
+        return float(cross_validated), "cross-validated"
+    if accuracy is None:
+        return None, None
+    return float(accuracy), "validation, not held out" if validation.get("held_out") is False else "validation"

@@ -43,10 +43,15 @@ class Candidate:
     c: tuple[float, ...]  # per stage (single, average) or one value (concatenation)
     cv_accuracy: float
     cv_loss: float
+    # Out-of-fold logits [images, classes] of the search's (subsampled) images, and their labels:
+    # what calibrates a head fit on every labelled image (`finetune.calibration`). Not in JSON.
+    oof_logits: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
+    oof_labels: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
         """As JSON: unscored values (nan) become None."""
-        values = dataclasses.asdict(self)
+        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)
+                  if not field.name.startswith("oof_")}
         for key in ("cv_accuracy", "cv_loss"):
             values[key] = None if math.isnan(values[key]) else values[key]
         return values
@@ -197,7 +202,7 @@ def _best_c(inputs, labels, splits, num_classes, c_grid, class_weight, seed):
 
 def _scored(name, stages, kind, c, logits, labels) -> Candidate:
     accuracy = float((logits.argmax(axis=1) == labels).mean())
-    return Candidate(name, tuple(stages), kind, tuple(c), accuracy, _log_loss(logits, labels))
+    return Candidate(name, tuple(stages), kind, tuple(c), accuracy, _log_loss(logits, labels), logits, labels)
 
 
 def _sort(search: StageSearch) -> None:

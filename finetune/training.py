@@ -22,7 +22,10 @@ from pathlib import Path
 from finetune.config import TrainConfig
 from finetune.files import BACKUP_DIR, HISTORY_FILE, SNAPSHOT_DIR
 from finetune.freezing import unfreeze_top_groups
+from finetune.progress import keras_verbose
 from finetune.recipe import Recipe, finetuning_recipe
+
+TENSORBOARD_DIR = "tensorboard"  # run/tensorboard/: TensorBoard's event files, with --tensorboard
 
 
 def log(config: TrainConfig, message: str) -> None:
@@ -101,7 +104,7 @@ def _schedule(config: TrainConfig, num_images: int, epochs: int) -> _Schedule:
 
 def _callbacks(model, backbone, spec, groups: int, *, schedule: _Schedule, config: TrainConfig, patience: int,
                run_dir: Path):
-    """The babysitting callbacks, history.csv, resume, and early stopping or snapshot saving."""
+    """The babysitting callbacks, history.csv, resume, early stopping or snapshot saving, and TensorBoard if asked."""
     import keras
 
     from finetune import callbacks as finetune_callbacks
@@ -125,6 +128,8 @@ def _callbacks(model, backbone, spec, groups: int, *, schedule: _Schedule, confi
     else:
         callbacks.insert(1, keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
                                                           restore_best_weights=True))
+    if config.tensorboard:  # last, so that the rate and the update ratios are in the logs it writes
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / TENSORBOARD_DIR)))
     return callbacks, guard, ratio_monitor, snapshot_saver
 
 
@@ -172,7 +177,7 @@ def run_stages(model, backbone, spec, groups: int, *, config: TrainConfig, train
         inputs.train, validation_data=inputs.val, epochs=schedule.epochs,
         class_weight=class_weight, callbacks=watchers + list(callbacks),
         shuffle=False,  # the dataset shuffles itself, seeded
-        verbose=1 if config.verbose else 0,
+        verbose=keras_verbose(config.verbose),  # bars on a terminal, a line per epoch into a log
     )
     evaluated = inputs.fit_model.evaluate(inputs.val, verbose=0, return_dict=True)
     finetuned_accuracy = evaluated["accuracy"]

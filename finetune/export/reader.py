@@ -123,7 +123,8 @@ def read_export(path) -> dict:
     return {
         "directory": directory,
         "labels": list(labels),
-        "config": {"image_size": int(sidecar["image_size"]), "class_names": list(labels), "export": sidecar},
+        "config": {"image_size": int(sidecar["image_size"]), "class_names": list(labels), "export": sidecar,
+                   "unknown": sidecar.get("unknown")},
         "metrics": {"parity": sidecar.get("parity"), "members": sidecar.get("members")},
         "_loader": lambda: load_artefact(artefact, format),
     }

@@ -57,7 +57,9 @@ def resolve_members(run_dirs, members: str | None = None) -> dict:
             None: "snapshots" for one run that has snapshots, else "best".
 
     Returns:
-        {"kind", "paths", "labels", "image_size", "runs"}.
+        {"kind", "paths", "labels", "image_size", "runs", "temperature", "unknown"}: the ensemble's own
+        temperature when one run's snapshots are exported (fit on their averaged validation
+        probabilities by `finetune train`), and the "unknown" threshold a single run's best model keeps.
 
     Raises:
         FinetuneError: no runs, a directory that is not a run, runs whose labels or image sizes
@@ -98,7 +100,10 @@ def resolve_members(run_dirs, members: str | None = None) -> dict:
                 "`finetune train --snapshots M`, or export its best model with --members best."
             )
         paths += found
-    return {"kind": members, "paths": paths, "labels": list(first.labels), "image_size": first.image_size, "runs": runs}
+    temperature = runs[0].metrics.get("snapshots", {}).get("temperature") if members == "snapshots" and len(runs) == 1 else None
+    unknown = runs[0].config.get("unknown") if members == "best" and len(runs) == 1 else None
+    return {"kind": members, "paths": paths, "labels": list(first.labels), "image_size": first.image_size, "runs": runs,
+            "temperature": temperature, "unknown": unknown}
 
 
 def sample_images(run, count: int = 32, image_size: int | None = None, seed: int = 0) -> tuple[np.ndarray, str]:
@@ -223,7 +228,7 @@ def export_ensemble(
     require(format)
     tolerance = TOLERANCES[quantize] if tolerance is None else float(tolerance)
     resolved = resolve_members(run_dirs, members)
-    ensemble = build_ensemble(load_members(resolved["paths"]), name="ensemble", tta=tta)
+    ensemble = build_ensemble(load_members(resolved["paths"]), name="ensemble", tta=tta, temperature=resolved["temperature"])
     # With TTA the export takes larger source images (see augment.tta.source_size).
     input_size = int(ensemble.input_shape[1])
     images, images_description = sample_images(resolved["runs"][0], num_parity_images, input_size)
@@ -287,6 +292,10 @@ def _sidecar(resolved, format, quantize, tta, check, artefact, image_size) -> di
         "member_kind": resolved["kind"],
         "members": members,
         "tta": tta if tta not in (None, "none") else None,
+        # Calibration: the ensemble's own temperature (None: each member keeps its own), and the
+        # threshold under which `predict` answers "unknown" (None: none was fit for this ensemble).
+        "temperature": resolved.get("temperature"),
+        "unknown": resolved.get("unknown"),
         "parity": check,
         "source_runs": [str(run.directory) for run in resolved["runs"]],
         "created": datetime.datetime.now().isoformat(timespec="seconds"),

@@ -218,7 +218,7 @@ def _check_parameters_early(search: SearchConfig, strategy: str, linear_strategi
 def _identity(base: TrainConfig, search: SearchConfig) -> dict:
     """What a resumed search must share with the one in its folder."""
     values = base.to_dict()
-    for key in ("out", "verbose"):
+    for key in ("out", "verbose", "tensorboard"):  # where and how it reports, not what it trains
         values.pop(key, None)
     settings = dataclasses.asdict(search)
     for key in ("out", "trials", "budget_minutes"):  # may change between runs: more trials, a new budget

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-COLOURS = {"blue": (20, 40, 230), "red": (230, 30, 20)}
+COLOURS = {"blue": (20, 40, 230), "red": (230, 30, 20), "grey": (128, 128, 128)}
 
 
 def write_colour_run(directory: Path, image_size: int = 32, val_accuracy: float = 0.75, contrary: bool = False) -> Path:

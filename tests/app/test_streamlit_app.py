@@ -236,3 +236,24 @@ def test_a_run_whose_head_saw_the_validation_split_shows_its_cross_validated_acc
     assert (entry.accuracy_kind, entry.accuracy) == ("Cross-validated accuracy", 0.9)
     held_out = listing.describe(finetune.load_run(write_colour_run(tmp_path / "other")), tmp_path / "other")
     assert (held_out.accuracy_kind, held_out.accuracy) == ("Validation accuracy", 0.75)
+
+
+def test_an_image_of_no_class_is_answered_unknown_and_the_heat_map_shows_on_demand(tmp_path, monkeypatch):
+    run = write_colour_run(tmp_path / "colours")
+    config = json.loads((run / "config.json").read_text())
+    # Strongly red or blue images clear 0.9; a grey one (about 50/50) does not.
+    (run / "config.json").write_text(json.dumps({**config, "unknown": {"threshold": 0.9, "keep": 0.95}}))
+    app = upload(start_app(tmp_path, monkeypatch), ("red.png", image_bytes("red"), "image/png"),
+                 ("grey.png", image_bytes("grey"), "image/png"))
+    headings = [element.value for element in app.markdown if element.value.startswith("###")]
+    assert any(value.startswith("### red") for value in headings)
+    assert any(value.startswith("### unknown") and "closest:" in value for value in headings)
+    assert not any("Grad-CAM" in caption for caption in _image_captions(app))
+    app.toggle(key="explain").set_value(True).run()
+    assert not app.exception, app.exception
+    captions = _image_captions(app)
+    assert sum("Grad-CAM" in caption for caption in captions) == 2, captions
+
+
+def _image_captions(app) -> list[str]:
+    return [image.caption for element in app.get("image") for image in element.proto.imgs]

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 
+from finetune.calibration import apply_temperature
 from finetune.cli import main
 from finetune.ensemble import build_ensemble, evaluate_members, load_members, snapshot_paths
 from finetune.errors import USER_ERRORS, FinetuneError
@@ -304,9 +305,13 @@ def test_snapshots_of_a_real_training_run_export_in_every_format(tmp_path):
                          batch_size=8, verbose=0, tta="none")
     assert len(snapshot_paths(run.directory)) == 2
     images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
-    expected = np.mean([member.predict(images, verbose=0) for member in load_members(snapshot_paths(run.directory))], axis=0)
+    averaged = np.mean([member.predict(images, verbose=0) for member in load_members(snapshot_paths(run.directory))], axis=0)
+    # The ensemble is calibrated as a whole, by the temperature training fit on its averaged validation probabilities.
+    temperature = run.metrics["snapshots"]["temperature"]
+    expected = apply_temperature(averaged, temperature)
     for format in ("keras", "savedmodel", "tflite", "onnx"):
         sidecar = export_ensemble([run.directory], tmp_path / format, members="snapshots", format=format)
         assert sidecar["parity"]["passed"] and len(sidecar["members"]) == 2, format
+        assert sidecar["temperature"] == temperature
         exported = load_run(tmp_path / format).model.predict(images, batch_size=4, verbose=0)
         np.testing.assert_allclose(np.asarray(exported), expected, atol=1e-4, err_msg=format)

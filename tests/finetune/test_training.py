@@ -10,6 +10,7 @@ import finetune
 from finetune.errors import FinetuneError
 from finetune.freezing import unfreeze_top_groups
 from finetune.model import build_classifier
+from finetune.temperature import model_temperature
 from finetune.zoo import build_backbone, get_spec, layers_of_group
 from tests.conftest import write_image_folder
 
@@ -52,7 +53,9 @@ def test_train_writes_a_complete_run_directory(tmp_path):
     (data / "a" / "broken.jpg").write_bytes(b"not an image")
     run = finetune.train(data, out=str(tmp_path / "run"), epochs=1, strategy="finetune_top", **TINY)
     names = {path.name for path in run.directory.iterdir()}
-    assert {"model.keras", "labels.json", "config.json", "metrics.json", "skipped.json", "history.csv"} <= names
+    assert {"model.keras", "labels.json", "config.json", "metrics.json", "skipped.json", "history.csv",
+            "confusion.png"} <= names
+    assert "confusion_plot_error" not in run.metrics and (run.directory / "confusion.png").stat().st_size > 0
     assert run.labels == ["a", "b", "c"]
     config = json.loads((run.directory / "config.json").read_text())
     assert config["seed"] == 0 and config["versions"]["keras"] == keras.__version__
@@ -69,6 +72,14 @@ def test_train_writes_a_complete_run_directory(tmp_path):
     reloaded = keras.saving.load_model(run.directory / "model.keras", safe_mode=True)
     images = np.random.default_rng(0).uniform(0, 255, (2, 48, 48, 3)).astype("float32")
     np.testing.assert_allclose(reloaded.predict(images, verbose=0), run.model.predict(images, verbose=0), atol=1e-6)
+    # Calibrated on images the kept model did not fit (the validation split, or out-of-fold predictions when a
+    # linear head fit on every image was kept); the temperature is inside model.keras.
+    calibration = metrics["calibration"]
+    held_out = "validation images" if metrics["val"]["held_out"] else "out-of-fold"
+    assert calibration["fit_on"].startswith(held_out) and "calibration.png" in names
+    assert model_temperature(reloaded) == (None if calibration["temperature"] == 1.0 else calibration["temperature"])
+    assert calibration["held_out"]["log_loss_after"] <= calibration["held_out"]["log_loss_before"]
+    assert config["unknown"]["threshold"] == metrics["unknown"]["threshold"] and metrics["unknown"]["keep"] == 0.95
 
 
 def test_training_is_deterministic_for_a_seed(tmp_path):
@@ -178,11 +189,17 @@ def test_a_large_validation_split_stays_held_out_and_tta_is_chosen_only_on_unsee
     assert small.metrics["val"]["held_out"] is False and small.metrics["stages"]["head"]["fit_on"] == "train+val"
     assert small.metrics["tta"]["mode"] == "none" and "not measured" in small.metrics["tta"]["chosen_by"]
     assert small.metrics["cv_images"] == 20 and small.metrics["cv_folds"] >= 2
+    # A head fit on every labelled image is calibrated on the stage search's out-of-fold predictions.
+    assert small.metrics["calibration"]["fit_on"].startswith("out-of-fold")
+    assert small.metrics["calibration"]["held_out"]["images"] == 20
     large = finetune.train(data, out=str(tmp_path / "large"), held_out_val_per_class=2, tta_max_per_class=1, **options)
     assert large.metrics["val"]["held_out"] is True and large.metrics["stages"]["head"]["fit_on"] == "train"
     assert large.metrics["tta"]["chosen_by"].startswith("validation accuracy")
     assert large.metrics["tta"]["images"] == 2  # one validation image per class: the measurement's cost is bounded
     assert set(large.metrics["tta"]["val_accuracy"]) >= {"none", "flip", "ten_crop"}
+    assert large.metrics["calibration"]["fit_on"].startswith("validation images")
+    if large.metrics["tta"]["mode"] != "none":  # calibrated as a whole: on the chosen mode's predictions
+        assert f"TTA {large.metrics['tta']['mode']}" in large.metrics["calibration"]["fit_on"]
 
 
 def test_bad_augmentation_or_tta_values_are_the_apis_own_error_before_any_work(tmp_path):
