@@ -142,7 +142,7 @@ def main() -> None:
         if arguments.keep_runs:
             target = Path(arguments.keep_runs) / name
             shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(run.directory, target, ignore=shutil.ignore_patterns("backup", "*.keras"))
+            shutil.copytree(run.directory, target, ignore=shutil.ignore_patterns("backup"))
         print(json.dumps(calibration[-1]), flush=True)
     save_results("trust_calibration", calibration, list(calibration[0]),
                  notes="ECE (15 equal-width bins) and log loss on each run's test split, before and after the temperature "

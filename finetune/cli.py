@@ -142,6 +142,8 @@ def _config_from_arguments(arguments, source: str):
         out=arguments.out,
         verbose=0 if arguments.quiet else 1,
         tensorboard=arguments.tensorboard,
+        calibrate=not arguments.no_calibrate,
+        unknown_keep=arguments.unknown_keep,
         augment=arguments.augment,
         augment_options=overrides_from_arguments(arguments),
         label_smoothing=arguments.label_smoothing,
@@ -274,6 +276,7 @@ def run_command(arguments) -> int:
 
         report = health_report(arguments.data_dir, arguments.val_fraction, arguments.seed, arguments.max_megapixels)
         print(json.dumps(report, indent=2, default=str) if arguments.json else format_health_report(report))
+        return 1 if report["problems"] else 0  # scripts can stop before training: `check-data DIR && train DIR`
     elif arguments.command == "app":
         script = Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py"
         if not script.is_file():

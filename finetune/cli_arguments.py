@@ -127,6 +127,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.add_argument("--tensorboard", action="store_true",
                         help="also write TensorBoard logs of the finetuning epochs into RUN_DIR/tensorboard")
+    parser.add_argument("--no-calibrate", action="store_true",
+                        help="do not fit a temperature on held-out predictions (probabilities stay as trained)")
+    parser.add_argument("--unknown-keep", type=float, default=TrainConfig.unknown_keep, metavar="SHARE",
+                        help="the 'unknown' threshold keeps this share of held-out images of known classes, in (0, 1] "
+                             "(default: %(default)s)")
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
@@ -201,7 +206,9 @@ def add_evaluate_and_predict_commands(commands) -> None:
 
 
 def add_check_data_and_policy_commands(commands) -> None:
-    check = commands.add_parser("check-data", help="the data set's health report")
+    check = commands.add_parser(
+        "check-data", help="the data set's health report (exit status 1 when training would stop on a problem)"
+    )
     check.add_argument("data_dir", metavar="DATA_DIR")
     _add_val_fraction(check)
     _add_max_megapixels(check)

@@ -127,6 +127,9 @@ def check_config(config: TrainConfig) -> None:
         raise FinetuneError(f"`epochs` must be 0 or more. Received: epochs={config.epochs}")
     if config.batch_size < 1:
         raise FinetuneError(f"`batch_size` must be at least 1. Received: batch_size={config.batch_size}")
+    if not 0 < config.unknown_keep <= 1:
+        raise FinetuneError(f"`unknown_keep` (--unknown-keep) must be in (0, 1], the share of held-out images of known "
+                            f"classes the 'unknown' threshold keeps, e.g. 0.95. Received: unknown_keep={config.unknown_keep}")
     if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise FinetuneError("`tensorboard` needs the tensorboard package, which TensorFlow writes its logs with: "
                             "pip install tensorboard. Received: tensorboard=True")

@@ -34,3 +34,16 @@ def test_verdict_and_scores():
     assert auroc([0.9, 0.8], [0.1, 0.2]) == 1.0 and auroc([0.1], [0.9]) == 0.0
     logits = np.array([[10.0, 0.0], [1.0, 1.0]])
     np.testing.assert_allclose(energy_score(logits), [10 + np.log1p(np.exp(-10)), 1 + np.log(2)])
+
+
+def test_train_options_set_calibration_and_the_kept_share_and_a_bad_share_is_refused_before_any_work(tmp_path):
+    import finetune
+    from finetune.cli import _train_config, build_parser
+
+    config = _train_config(build_parser().parse_args(["train", "photos", "--no-calibrate", "--unknown-keep", "0.9"]), "photos")
+    assert config.calibrate is False and config.unknown_keep == 0.9
+    default = _train_config(build_parser().parse_args(["train", "photos"]), "photos")
+    assert default.calibrate is True and default.unknown_keep == 0.95
+    # Refused by the config check, so no folder is even read: the data folder does not exist.
+    with pytest.raises(FinetuneError, match=r"unknown_keep.*Received: unknown_keep=1.5"):
+        finetune.train(tmp_path / "no-such-folder", unknown_keep=1.5, verbose=0)
