@@ -120,6 +120,7 @@ def _over_file(path: str, given, defaults):
         elif value != theirs[key]:
             merged[key] = value
     merged["data"]["source"], merged["out"], merged["verbose"] = given.data.source, given.out, given.verbose
+    merged["overwrite"] = given.overwrite  # never from a file: replacing a finished run is asked for each time
     return TrainConfig.from_dict(merged)
 
 
@@ -140,6 +141,7 @@ def _config_from_arguments(arguments, source: str):
         patience=arguments.patience,
         held_out_val_per_class=arguments.held_out_val_per_class,
         out=arguments.out,
+        overwrite=arguments.overwrite,
         verbose=0 if arguments.quiet else 1,
         tensorboard=arguments.tensorboard,
         calibrate=not arguments.no_calibrate,

@@ -124,6 +124,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cache", action="store_true", help="do not cache decoded images on disk")
     _add_seed(parser)
     parser.add_argument("--out", default=TrainConfig.out, help="run directory (default: models/<data>-<backbone>-<time>)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train again into an --out that holds a finished run, replacing its files (an unfinished "
+                             "one, killed mid-way, resumes without it)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.add_argument("--tensorboard", action="store_true",
                         help="also write TensorBoard logs of the finetuning epochs into RUN_DIR/tensorboard")

@@ -181,6 +181,9 @@ class TrainConfig:
     held_out_val_per_class: int = 50
     # Where the run directory goes; None: models/<data-name>-<backbone>-<timestamp>.
     out: str | None = None
+    # An `out` folder that holds a finished run (its metrics.json written) is refused unless this is
+    # set; then that run's files are removed first. An unfinished one resumes either way.
+    overwrite: bool = False
     # Progress on stderr: 0 nothing; 1 our progress lines, with bars on a terminal and one line per
     # epoch (or per 1,000 images) into a log file or a pipe (finetune.progress).
     verbose: int = 1

@@ -28,6 +28,7 @@ from finetune.errors import FinetuneError, as_finetune_error, check_choice
 from finetune.files import LABELS_FILE, POLICY_FILE, SKIPPED_FILE, atomic_write_json, default_run_dir
 from finetune.linear import LinearResult, StageFeatures, describe_linear, fit_linear_model, fit_start_head, linear_rival
 from finetune.model import build_classifier, set_head
+from finetune.resume import check_out
 from finetune.training import log, run_stages
 
 
@@ -377,6 +378,9 @@ def train(config: TrainConfig):
     from finetune.finish import finish_run
 
     check_config(config)
+    state = check_out(config.out, overwrite=config.overwrite)
+    if state == "resume":
+        log(config, f"{config.out} holds an unfinished run: continuing it (finetuning resumes from its last finished epoch).")
     started = time.time()
     keras.utils.set_random_seed(config.seed)
     from finetune import data as data_module

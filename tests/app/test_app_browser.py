@@ -43,8 +43,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(_browser_missing()), rea
 
 
 @contextlib.contextmanager
-def serve_app(models_dir: Path, workdir: Path, timeout: float = 90.0):
-    """`streamlit run app/streamlit_app.py` on a free port of 127.0.0.1; yields its URL, stops it at the end."""
+def serve_app(models_dir: Path, workdir: Path, timeout: float = 90.0, on_start=None):
+    """`streamlit run app/streamlit_app.py` on a free port of 127.0.0.1; yields its URL, stops it at the end.
+
+    `on_start`, when given, is called with the server's `subprocess.Popen` (its pid, for memory figures).
+    """
     port = free_port()
     command = [
         sys.executable, "-m", "streamlit", "run", str(APP),
@@ -55,6 +58,8 @@ def serve_app(models_dir: Path, workdir: Path, timeout: float = 90.0):
     log = open(workdir / "streamlit.log", "wb")
     # Run from the temporary folder, so that nothing the server writes lands in the repository.
     server = subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HOME": str(workdir)})
+    if on_start is not None:
+        on_start(server)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
