@@ -19,14 +19,19 @@ from pathlib import Path
 import finetune
 import finetune.inference
 from finetune.run import (
+    CONFIG_FILE,
+    CONFUSION_FILE,
     DEFAULT_MODELS_DIR,  # noqa: F401  public here: the app's defaults are finetune's
     EXPORT_FILE,
+    LABELS_FILE,
+    METRICS_FILE,
     MODEL_FILE,
     MODELS_DIR_VARIABLE,  # noqa: F401
     find_model_directories,
     honest_accuracy,
     load_run,
     models_dir,
+    read_json,
 )
 
 MAKE_A_MODEL = "Make a model with `make demo` (trains on the bundled sample) or `finetune train DATA_DIR`."
@@ -69,7 +74,8 @@ def find_models(models_dir) -> tuple[list[ModelEntry], list[dict]]:
 
     Returns:
         (entries, problems): `problems` are {"path", "reason"} for candidates that are not
-        usable, so that the app can say why a model it should list is missing.
+        usable, so that the app can say why a model it should list is missing; a model that is,
+        or holds, a link to elsewhere is one of them (`link_out_of_place`), never an entry.
     """
     entries, problems = [], []
     try:
@@ -77,6 +83,10 @@ def find_models(models_dir) -> tuple[list[ModelEntry], list[dict]]:
     except OSError as error:  # a folder we may not read
         return [], [{"path": str(models_dir), "reason": f"cannot be listed ({error})"}]
     for candidate in candidates:
+        link = link_out_of_place(Path(models_dir), candidate)
+        if link:
+            problems.append({"path": str(candidate), "reason": link})
+            continue
         try:
             entries.append(describe(load_run(candidate), candidate))
         except finetune.FinetuneError as error:
@@ -85,6 +95,38 @@ def find_models(models_dir) -> tuple[list[ModelEntry], list[dict]]:
             problems.append({"path": str(candidate), "reason": f"{type(error).__name__}: {error}"})
     entries.sort(key=lambda entry: (-entry.modified, entry.name))
     return entries, problems
+
+
+# The files of a model directory that the app reads, besides an export's artefact.
+_SERVED_FILES = (MODEL_FILE, EXPORT_FILE, LABELS_FILE, CONFIG_FILE, METRICS_FILE, CONFUSION_FILE)
+
+
+def link_out_of_place(models_dir: Path, candidate: Path) -> str | None:
+    """Why the app must not serve `candidate`: it, or a file it holds, is a link to elsewhere; None when it is in place.
+
+    The app serves what lies in its models folder, as it lies there: a link to a folder outside
+    it (or to a run of its own, which would be listed twice) and a model file linked in from
+    elsewhere are not served. A models folder that is itself a link is fine.
+    """
+    where = models_dir.resolve() / candidate.relative_to(models_dir)
+    paths = [candidate] + [candidate / name for name in _SERVED_FILES if (candidate / name).exists()]
+    export = candidate / EXPORT_FILE
+    if export.is_file():
+        try:
+            artefact = str(read_json(export).get("artefact") or "")
+        except (finetune.FinetuneError, OSError, AttributeError):
+            artefact = ""  # load_run says what is wrong with it
+        # A name that is not a file of its own folder: load_run refuses it, with the reason.
+        if Path(artefact).name == artefact not in ("", ".", "..") and (candidate / artefact).exists():
+            paths.append(candidate / artefact)
+    for path in paths:
+        target = path.resolve()
+        if target != where / path.relative_to(candidate):
+            return (
+                f"{path} is a link to {target}: the app serves only what lies in its models folder {models_dir}. "
+                "Move or copy the model into it."
+            )
+    return None
 
 
 def describe(run, path) -> ModelEntry:

@@ -1,15 +1,16 @@
-"""Callbacks Keras lacks: snapshot saving, a divergence guard, the update/weight ratio.
+"""Callbacks Keras lacks: snapshot saving, a divergence guard, the update/weight ratio, atomic history.csv.
 
-Keras already has early stopping, backup-and-restore and CSV logging; these three add what the
-course asks of a babysat run. Each is driven by epochs and logs only, so tests feed them
-scripted logs instead of fitting.
+Keras already has early stopping, backup-and-restore and CSV logging; these add what the
+course asks of a babysat run, and a CSV log that a killed run cannot leave half a line in. Each
+is driven by epochs and logs only, so tests feed them scripted logs instead of fitting.
 
 Order matters when logs are added: put `UpdateRatioMonitor` and `LearningRateLogger` before
-`keras.callbacks.CSVLogger` so their columns reach history.csv.
+`AtomicCSVLogger` so their columns reach history.csv.
 """
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -87,6 +88,39 @@ class SnapshotSaver(keras.callbacks.Callback):
         model = self.model_to_save if self.model_to_save is not None else self.model
         save_model_atomic(inference_model(model), path)
         self.saved.append(path)
+
+
+class AtomicCSVLogger(keras.callbacks.CSVLogger):
+    """`keras.callbacks.CSVLogger` that rewrites the whole file atomically at every epoch end.
+
+    Keras' logger appends to an open file, so a run killed (or a disk filled) mid-write leaves a
+    half line that breaks the curves and the resume. This one keeps the rows in memory, in the
+    same format, and replaces the file through `finetune.files.atomic_write_text`: a reader sees
+    the file after epoch k or after epoch k+1, never between. With `append=True` the rows of an
+    earlier run (a resumed one) are kept and the header is not repeated.
+
+    Args:
+        filename: the CSV file, e.g. run_dir / "history.csv".
+        separator: the column separator. Defaults to ",".
+        append: keep the rows already in the file. Defaults to False.
+    """
+
+    def on_train_begin(self, logs=None):
+        path = Path(self.filename)
+        earlier = ""
+        if self.append and path.is_file():
+            with path.open(newline="", encoding="utf-8") as file:  # Keras' rows end in \r\n: kept as they are
+                earlier = file.read()
+        self.append_header = not earlier.strip()
+        self.csv_file = io.StringIO(newline="")
+        self.csv_file.write(earlier)
+        self.writer, self.keys = None, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        from finetune.files import atomic_write_text
+
+        super().on_epoch_end(epoch, logs)
+        atomic_write_text(Path(self.filename), self.csv_file.getvalue())
 
 
 class DivergenceGuard(keras.callbacks.Callback):
@@ -249,7 +283,7 @@ class UpdateRatioMonitor(keras.callbacks.Callback):
 
     The course's rule of thumb: around 1e-3 is healthy; far above (1e-1) the rate is too high,
     far below (1e-5) too low. Each group adds `update_ratio_<name>` to the epoch logs (and so to
-    the History and, placed before CSVLogger, to history.csv).
+    the History and, placed before `AtomicCSVLogger`, to history.csv).
 
     Args:
         groups: {name: list of layers}; only their trainable weights count. See `for_freeze_groups`.

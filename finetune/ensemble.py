@@ -36,7 +36,16 @@ def load_members(paths) -> list:
     for path in paths:
         if not Path(path).is_file():
             raise FinetuneError(f"Ensemble member {path} does not exist. Pass .keras files written by `finetune train`.")
-        models.append(keras.saving.load_model(path, safe_mode=True, compile=False))
+        try:
+            models.append(keras.saving.load_model(path, safe_mode=True, compile=False))
+        except ValueError as error:
+            if "safe_mode" not in str(error):
+                raise
+            raise FinetuneError(  # Keras's own advice, safe_mode=False, would run the file's code
+                f"Refusing to load {path}: it holds Python code (such as a Lambda layer) that loading would "
+                "run, and models are loaded with safe_mode=True only. Load models written by `finetune train` "
+                f"or `finetune export`, or rebuild this one without Lambda layers. Received: path={str(path)!r}"
+            ) from None
     return models
 
 

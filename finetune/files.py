@@ -20,6 +20,7 @@ An export directory (`finetune.export`) holds export.json instead of config.json
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import os
 import re
@@ -41,23 +42,45 @@ CURVES_FILE = "curves.png"
 CONFUSION_FILE = "confusion.png"  # the validation and test confusion matrices (finetune.confusion)
 BACKUP_DIR = "backup"  # keras.callbacks.BackupAndRestore: a killed run resumes from here
 SNAPSHOT_DIR = "snapshots"
+TENSORBOARD_DIR = "tensorboard"  # run/tensorboard/: TensorBoard's event files, with --tensorboard
 EXPORT_FILE = "export.json"  # marks an export directory (finetune.export)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Writes `text` to `path` so that a reader sees the old file or the new one, never half."""
+    """Writes `text` to `path` so that a reader sees the old file or the new one, never half.
+
+    A full disk or a folder without write permission raises a `FinetuneError` naming `path`
+    (see `write_error`); the old file, if any, is left as it was, and no temporary file stays.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    temporary = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(handle, "w", encoding="utf-8") as file:
             file.write(text)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+    except BaseException as error:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise write_error(path, error) from None
         raise
+
+
+def write_error(path: Path, error: OSError) -> FinetuneError:
+    """The `FinetuneError` for an `OSError` while writing `path`: one line with the path, the cause and the fix."""
+    if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        fix = "The disk is full: free some space, or write elsewhere (--out DIR)."
+    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "This process may not write there: write elsewhere (--out DIR), or make the folder writable."
+    else:
+        fix = "Check that the folder exists and can be written to, or write elsewhere (--out DIR)."
+    reason = " ".join(str(error.strerror or error).split())
+    return FinetuneError(f"Cannot write {path} ({reason}); an earlier file of that name is unchanged. {fix} "
+                         f"Received: path={path}")
 
 
 def atomic_write_json(path: Path, value) -> None:
@@ -73,13 +96,19 @@ def _json_default(value):
 
 
 def save_model_atomic(model, path: Path) -> None:
-    """Saves a Keras model to `path` (a .keras file) through a temporary file and a rename."""
+    """Saves a Keras model to `path` (a .keras file) through a temporary file and a rename.
+
+    As `atomic_write_text`: an `OSError` (a full disk, no permission) raises a `FinetuneError`
+    naming `path`, and an earlier file at `path` is left as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         model.save(temporary)
         os.replace(temporary, path)
+    except OSError as error:
+        raise write_error(path, error) from None
     finally:
         temporary.unlink(missing_ok=True)
 

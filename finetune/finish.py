@@ -222,4 +222,7 @@ def finish_run(result, data, plan, *, config, weights_source: str, seconds):
     metrics["train_seconds"] = seconds()
     atomic_write_json(run_dir / CONFIG_FILE, resolved)
     atomic_write_json(run_dir / METRICS_FILE, metrics)
+    from finetune.checkpoint import remove_backup
+
+    remove_backup(run_dir)  # finished: a kill before this line resumes with no epoch left, and writes the files again
     return load_run(run_dir)

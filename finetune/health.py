@@ -4,6 +4,8 @@ Every image is decoded exactly as training would decode it, so the report lists 
 run would skip, with the reason. It also counts images per class and split, measures class
 imbalance (and whether class weights would be used), finds exact duplicates across splits
 (which make validation scores look better than they are) and summarises sizes and modes.
+Problems that would stop training (an empty class folder, a class none of whose training images
+can be read) are findings here, listed with the rest, not an error that hides them.
 
 Example:
 >>> print(format_health_report(health_report("flowers/")))
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from finetune.config import DataConfig
-from finetune.data.decode import BadImageError, decode_image, decode_many
+from finetune.data.decode import BadImageError, decode_image, decode_many, unreadable_reason
 from finetune.data.discover import discover
 from finetune.data.pipeline import CLASS_WEIGHT_THRESHOLD, class_weights
 from finetune.data.tfds import TFDS_PREFIX, tfds_items
@@ -52,12 +54,14 @@ def health_report(
         class_weights_apply, skipped ([{"path", "reason"}]), duplicates (pairs across splits:
         [{"paths": [a, b], "splits": [split_a, split_b], "sha1"}]), duplicates_within_splits (extra
         copies inside one split), image_size ({min,max}_{width,height}, or None), modes and formats
-        ({name: count}).
+        ({name: count}), problems ([{"path", "problem"}]: what would stop `finetune train`, with
+        the fix).
 
     Raises:
-        FinetuneError: the data source cannot be listed (see `discover`).
+        FinetuneError: the data source cannot be listed (see `discover`; an empty class folder
+            is a problem of the report instead).
     """
-    data = discover(source, val_fraction=val_fraction, seed=seed)
+    data = discover(source, val_fraction=val_fraction, seed=seed, keep_problems=True)
     readable, skipped = _inspect_splits(data, max_megapixels)
     counts = {split_name: {name: 0 for name in data.class_names} for split_name in data.splits}
     for split_name, _, label, _ in readable:
@@ -95,7 +99,22 @@ def health_report(
         ),
         "modes": dict(sorted(collections.Counter(f["mode"] for f in facts).items())),
         "formats": dict(sorted(collections.Counter(str(f["format"]) for f in facts).items())),
+        "problems": list(data.problems) + _unlearnable_classes(data, counts["train"]),
     }
+
+
+def _unlearnable_classes(data, train_counts: dict[str, int]) -> list[dict]:
+    """Classes with training images listed but none readable: `finetune train` stops on them."""
+    listed = collections.Counter(int(label) for label in data.splits["train"].labels)
+    problems = []
+    for label, name in enumerate(data.class_names):
+        if listed[label] and not train_counts[name]:
+            folder = Path(data.splits["train"].paths[list(data.splits["train"].labels).index(label)]).parent
+            problems.append({"path": str(folder), "problem": (
+                f"The class {name!r} has no readable images in the train split: all {listed[label]} are skipped "
+                f"(see Skipped files). Replace them with images that open, or remove the class folder."
+            )})
+    return problems
 
 
 def _inspect_splits(data, max_megapixels: float) -> tuple[list, list[dict]]:
@@ -123,7 +142,7 @@ def _inspect(source, max_megapixels: float) -> dict:
         try:
             source = Path(source).read_bytes()
         except OSError as error:
-            raise BadImageError(f"cannot read the file ({error.strerror or error})") from None
+            raise BadImageError(unreadable_reason(source, error)) from None
     _, facts = decode_image(source, max_megapixels)
     return {**facts, "sha1": hashlib.sha1(source).hexdigest()}
 
@@ -157,6 +176,9 @@ def format_health_report(report: dict) -> str:
     lines.append(
         f"Images: {total_readable} readable, {len(report['skipped'])} skipped, {len(report['class_names'])} classes"
     )
+    if report["problems"]:
+        lines += ["", f"Problems ({len(report['problems'])}; `finetune train` stops on these):"]
+        lines += [f"  {_short(item['path'], root)}: {item['problem']}" for item in report["problems"]]
     lines.append("")
 
     splits = list(report["counts"])

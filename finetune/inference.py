@@ -192,8 +192,7 @@ def predict(run_or_path, inputs, *, top_k: int = 5, batch_size: int = 32,
         the label or "unknown (closest: LABEL, p)"}; an image that cannot be read gives
         {"path", "error"} instead, and the others are still predicted.
     """
-    if isinstance(inputs, (str, Path)):
-        inputs = [inputs]
+    inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     run = _as_run(run_or_path)
     mode = _tta_mode(run, tta)
     paths = []
@@ -207,7 +206,8 @@ def predict(run_or_path, inputs, *, top_k: int = 5, batch_size: int = 32,
             raise FinetuneError(f"{item} does not exist. Pass image files or folders of images.")
     if not paths:
         raise FinetuneError(f"No images found in {', '.join(map(str, inputs))}.")
-    images, good_paths, skipped = load_images_for_prediction(paths, source_size(mode, run.image_size), max_megapixels)
+    # The inputs, not `paths`: a link to a folder found inside a folder is reported, not walked a second time.
+    images, good_paths, skipped = load_images_for_prediction(inputs, source_size(mode, run.image_size), max_megapixels)
     results = {}
     if len(good_paths):
         predicted = predict_arrays(run, images, tta=mode, top_k=top_k, batch_size=batch_size, combine=tta_combine,

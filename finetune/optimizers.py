@@ -29,9 +29,14 @@ class DiscriminativeAdam(keras.optimizers.Adam):
         self.slow_multiplier = slow_multiplier
         self._slow_keys = {self._var_key(variable) for variable in slow_variables}
 
+    def learning_rate_multiplier(self, variable) -> float:
+        """The factor on the learning rate for `variable`: `slow_multiplier` for a slow variable, else 1."""
+        return self.slow_multiplier if self._var_key(variable) in self._slow_keys else 1.0
+
     def update_step(self, gradient, variable, learning_rate):
-        if self._var_key(variable) in self._slow_keys:
-            learning_rate = learning_rate * self.slow_multiplier
+        multiplier = self.learning_rate_multiplier(variable)
+        if multiplier != 1.0:
+            learning_rate = learning_rate * multiplier
         super().update_step(gradient, variable, learning_rate)
 
     def get_config(self):

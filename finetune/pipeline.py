@@ -312,6 +312,7 @@ def _finetune(plan: Plan, backbone, spec, *, data: PreparedData, features: Stage
             f"Strategy {plan.strategy} needs validation images for early stopping, and {config.data.source} has none. "
             "Add a val/ folder or a --val-fraction above 0."
         )
+    original = backbone.get_weights()  # what the stage search's features came from
     finetuned = stages["finetune"] = run_stages(
         model, backbone, spec, groups, config=config, train_split=data.train, val_split=data.val,
         run_dir=data.run_dir, head_accuracy=head.val_accuracy, class_weight=data.class_weight, callbacks=callbacks)
@@ -326,6 +327,9 @@ def _finetune(plan: Plan, backbone, spec, *, data: PreparedData, features: Stage
     # 0.856 vs the multi-stage head 0.873): keep the very head that won, refit like a linear strategy's.
     log(config, f"The multi-stage linear head ({rival['name']}) beats the finetuned model on validation data "
                 f"({rival['val_accuracy']:.4f} vs {current:.4f}): keeping the linear head.")
+    # Its heads were fit on the features of the backbone as it was before finetuning, which a kept
+    # finetuning changed (and from scratch, BatchNorm's statistics too): back to those weights.
+    backbone.set_weights(original)
     linear = _linear(candidate, backbone, spec, cut=True, data=data, features=features, config=config)
     linear.stages = {**stages, **linear.stages}
     finetuned["kept"] = False

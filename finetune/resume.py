@@ -26,9 +26,9 @@ from finetune.files import (
     POLICY_FILE,
     SKIPPED_FILE,
     SNAPSHOT_DIR,
+    TENSORBOARD_DIR,
 )
 
-TENSORBOARD_DIR = "tensorboard"  # finetune.training writes TensorBoard's event files here
 # A run's files, removed by `overwrite`: metrics.json, the mark of a finished run, goes last.
 RUN_FILES = (BACKUP_DIR, SNAPSHOT_DIR, TENSORBOARD_DIR, HISTORY_FILE, MODEL_FILE, CONFIG_FILE, POLICY_FILE, LABELS_FILE,
              SKIPPED_FILE, CURVES_FILE, CONFUSION_FILE, CALIBRATION_FILE, METRICS_FILE)

@@ -20,12 +20,11 @@ import sys
 from pathlib import Path
 
 from finetune.config import TrainConfig
-from finetune.files import BACKUP_DIR, HISTORY_FILE, SNAPSHOT_DIR
+from finetune.files import HISTORY_FILE, SNAPSHOT_DIR, TENSORBOARD_DIR
 from finetune.freezing import unfreeze_top_groups
 from finetune.progress import keras_verbose
 from finetune.recipe import Recipe, finetuning_recipe
 
-TENSORBOARD_DIR = "tensorboard"  # run/tensorboard/: TensorBoard's event files, with --tensorboard
 
 
 def log(config: TrainConfig, message: str) -> None:
@@ -46,7 +45,7 @@ class _Inputs:
     options: object  # augment.AugmentOptions
 
 
-def _inputs(model, train_split, val_split, config: TrainConfig, recipe: Recipe) -> _Inputs:
+def _inputs(model, train_split, val_split, config: TrainConfig, recipe: Recipe, start_epoch: int = 0) -> _Inputs:
     import keras
 
     import augment
@@ -56,8 +55,9 @@ def _inputs(model, train_split, val_split, config: TrainConfig, recipe: Recipe) 
     options = recipe.options()
     augmenter = augment.build_augmenter(options, seed=config.seed)
     in_model = augmenter is not None and options.placement == "model"
+    # Epoch e's order is a function of the seed and e, so that a resumed run sees what the uninterrupted one saw.
     train = make_dataset(train_split.images, train_split.labels, config.batch_size, shuffle=True, seed=config.seed,
-                         augment=None if in_model else augmenter)
+                         augment=None if in_model else augmenter, start_epoch=start_epoch)
     val = make_dataset(val_split.images, val_split.labels, config.batch_size, shuffle=False, seed=config.seed)
     mixing = options.mixing()
     # Label smoothing needs one-hot targets, as mixing does.
@@ -108,16 +108,15 @@ def _callbacks(model, backbone, spec, groups: int, *, schedule: _Schedule, confi
     import keras
 
     from finetune import callbacks as finetune_callbacks
+    from finetune.checkpoint import ResumeCheckpoint
 
     guard = finetune_callbacks.DivergenceGuard(num_classes=int(model.output_shape[-1]))
     ratio_monitor = finetune_callbacks.UpdateRatioMonitor.for_freeze_groups(model, backbone, spec, groups)
     callbacks = [
         guard,
         finetune_callbacks.LearningRateLogger(),
-        ratio_monitor,  # before CSVLogger, so that its ratios reach history.csv
-        keras.callbacks.CSVLogger(str(run_dir / HISTORY_FILE), append=True),
-        # A killed run started again with the same --out resumes from the last finished epoch.
-        keras.callbacks.BackupAndRestore(str(run_dir / BACKUP_DIR)),
+        ratio_monitor,  # before the CSV logger, so that its ratios reach history.csv
+        finetune_callbacks.AtomicCSVLogger(str(run_dir / HISTORY_FILE), append=True),
     ]
     snapshot_saver = None
     if config.snapshots >= 2:
@@ -125,9 +124,13 @@ def _callbacks(model, backbone, spec, groups: int, *, schedule: _Schedule, confi
         snapshot_saver = finetune_callbacks.SnapshotSaver(run_dir / SNAPSHOT_DIR, cycle_epochs,
                                                           offset_epochs=schedule.warmup_epochs, model=model)
         callbacks.append(snapshot_saver)
-    else:
-        callbacks.insert(1, keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
-                                                          restore_best_weights=True))
+    early_stopping = None
+    if snapshot_saver is None:
+        early_stopping = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
+        callbacks.insert(1, early_stopping)
+    # A killed run started again with the same --out resumes from the last finished epoch, early
+    # stopping's state included; after every callback whose state it saves.
+    callbacks.append(ResumeCheckpoint(run_dir, early_stopping))
     if config.tensorboard:  # last, so that the rate and the update ratios are in the logs it writes
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / TENSORBOARD_DIR)))
     return callbacks, guard, ratio_monitor, snapshot_saver
@@ -153,6 +156,7 @@ def run_stages(model, backbone, spec, groups: int, *, config: TrainConfig, train
     """
     import augment
     from finetune import zoo
+    from finetune.checkpoint import initial_epoch
     from finetune.optimizers import DiscriminativeAdam
 
     # From scratch (weights "none") nothing is worth protecting: BatchNorm trains, and the backbone
@@ -160,7 +164,7 @@ def run_stages(model, backbone, spec, groups: int, *, config: TrainConfig, train
     pretrained = not zoo.is_random_initialisation(config.model.weights)
     unfrozen = unfreeze_top_groups(backbone, spec, groups, pretrained=pretrained)
     recipe = finetuning_recipe(config, train_split.labels, int(model.output_shape[-1]))
-    inputs = _inputs(model, train_split, val_split, config, recipe)
+    inputs = _inputs(model, train_split, val_split, config, recipe, start_epoch=initial_epoch(run_dir))
     schedule = _schedule(config, len(train_split.labels), recipe.epochs)
     multiplier = config.backbone_learning_rate_multiplier if pretrained else 1.0
     optimizer = DiscriminativeAdam(slow_variables=backbone.trainable_variables, slow_multiplier=multiplier,
@@ -175,6 +179,7 @@ def run_stages(model, backbone, spec, groups: int, *, config: TrainConfig, train
                 f"{schedule.epochs} epochs, {schedule.name} schedule; {'; '.join(recipe.reasons)}...")
     history = inputs.fit_model.fit(
         inputs.train, validation_data=inputs.val, epochs=schedule.epochs,
+        steps_per_epoch=math.ceil(len(train_split.labels) / config.batch_size),  # the data set repeats, epoch by epoch
         class_weight=class_weight, callbacks=watchers + list(callbacks),
         shuffle=False,  # the dataset shuffles itself, seeded
         verbose=keras_verbose(config.verbose),  # bars on a terminal, a line per epoch into a log

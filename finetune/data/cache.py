@@ -37,8 +37,8 @@ from finetune.data.splits import DataSource, Split
 from finetune.data.tfds import TFDS_PREFIX, tfds_builder, tfds_items
 from finetune.errors import FinetuneError
 
-# Bump when decoding changes, so that old caches are not reused.
-CACHE_VERSION = 1
+# Bump when decoding changes, so that old caches are not reused (2: the reasons given for unreadable files and links).
+CACHE_VERSION = 2
 
 
 @dataclasses.dataclass
@@ -140,7 +140,15 @@ def _decode_split(
         temporary = cache_stem.with_name(f"{cache_stem.name}.{uuid.uuid4().hex}.tmp.npy")
         images = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=shape)
     else:
-        images = np.empty(shape, dtype=np.uint8)
+        try:
+            images = np.empty(shape, dtype=np.uint8)
+        except MemoryError:
+            raise FinetuneError(
+                f"The {split} split of {data.root} ({count} images at {image_size}x{image_size} px) needs "
+                f"{np.prod(shape, dtype=np.float64) / 2**30:,.1f} GiB of memory to decode, more than this machine "
+                f"gives. Free disk space for the image cache under {finetune_home()} (it keeps them on disk), pass "
+                f"a smaller --image-size, or use fewer images. Received: image_size={image_size}"
+            ) from None
     if data.root.startswith(TFDS_PREFIX):
         items = tfds_items(data.root, wanted.paths)
     else:

@@ -14,8 +14,10 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
+import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator
@@ -30,6 +32,8 @@ from finetune.progress import progress
 # What Pillow may open; anything else is skipped as "not an image". JPEG includes MPO, as Pillow
 # names the JPEGs of many phones and cameras.
 SUPPORTED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF", "AVIF", "PPM")
+# The end of the reason of a file whose content is damaged: what the user can do about it.
+DAMAGED_FIX = "re-save or download it again, or remove it"
 # Images decoded at a time: bounds the memory a thread pool running ahead can hold.
 DECODE_CHUNK = 256
 
@@ -97,6 +101,32 @@ def file_size(path) -> int:
         return -1
 
 
+def unreadable_reason(path, error: OSError) -> str:
+    """Why a listed file cannot be read, and what to do, for `skipped.json` (the path is beside it there).
+
+    Args:
+        path: the file, to tell a dangling link from a file deleted since it was listed.
+        error: what opening or reading it raised.
+    """
+    link = bool(path) and os.path.islink(path)
+    if error.errno == errno.ELOOP:
+        return "a symbolic link that loops (it leads back to itself); point it at an image or remove it"
+    if error.errno == errno.EISDIR and not link:
+        return "a folder, not an image file; pass the images in it, or the folder where a folder is expected"
+    if error.errno == errno.EISDIR:
+        return (
+            "a link to a folder: links to folders are not followed (they can loop); "
+            "move or copy its images into the class folder instead"
+        )
+    if error.errno == errno.ENOENT and link:
+        return "a symbolic link to a file that does not exist; point it at an image or remove it"
+    if error.errno == errno.ENOENT:
+        return "the file is gone (deleted or moved after the folder was listed); run again to list the folder anew"
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return "no permission to read the file; make it readable (chmod a+r) or remove it"
+    return f"cannot read the file ({error.strerror or error})"
+
+
 def load_image(path, max_megapixels: float = DataConfig.max_megapixels) -> np.ndarray:
     """Decodes an image file into uint8 RGB, [height, width, 3], the way training sees it.
 
@@ -128,10 +158,13 @@ def _open(source) -> Image.Image:
             raise BadImageError("empty file (0 bytes)")
         source = io.BytesIO(source)
     else:
-        size = file_size(source)
-        if size < 0:
-            raise BadImageError("cannot read the file (missing or no permission)")
-        if size == 0:
+        try:
+            status = os.stat(source)
+        except OSError as error:
+            raise BadImageError(unreadable_reason(source, error)) from None
+        if stat.S_ISDIR(status.st_mode):
+            raise BadImageError(unreadable_reason(source, IsADirectoryError(errno.EISDIR, "Is a directory")))
+        if status.st_size == 0:
             raise BadImageError("empty file (0 bytes)")
     try:
         return Image.open(source, formats=_openable_formats())
@@ -141,9 +174,16 @@ def _open(source) -> Image.Image:
             if str(path_hint).lower().endswith((".heic", ".heif"))
             else ""
         )
-        raise BadImageError(f"not an image in a supported format ({', '.join(SUPPORTED_FORMATS)}){hint}") from None
+        raise BadImageError(
+            f"not an image in a supported format ({', '.join(SUPPORTED_FORMATS)}){hint}; "
+            f"convert it to JPEG or PNG, or remove it"
+        ) from None
+    except OSError as error:
+        if error.errno is None:  # Pillow's own OSErrors ("Truncated File Read") are about the content
+            raise BadImageError(f"corrupt image header ({type(error).__name__}: {error}); {DAMAGED_FIX}") from None
+        raise BadImageError(unreadable_reason(path_hint, error)) from None  # gone or locked since the stat
     except Exception as error:  # a header Pillow chokes on: corrupt, not a crash
-        raise BadImageError(f"corrupt image header ({type(error).__name__}: {error})") from None
+        raise BadImageError(f"corrupt image header ({type(error).__name__}: {error}); {DAMAGED_FIX}") from None
 
 
 def decode_image(source, max_megapixels: float) -> tuple[np.ndarray, dict]:
@@ -173,7 +213,9 @@ def decode_image(source, max_megapixels: float) -> tuple[np.ndarray, dict]:
         except MemoryError:
             raise BadImageError(f"too large to decode in memory ({width}x{height} pixels)") from None
         except Exception as error:
-            raise BadImageError(f"truncated or corrupt image data ({type(error).__name__}: {error})") from None
+            raise BadImageError(
+                f"truncated or corrupt image data ({type(error).__name__}: {error}); {DAMAGED_FIX}"
+            ) from None
         try:
             image = ImageOps.exif_transpose(image_file)
         except Exception:  # unreadable EXIF: the pixels are fine, use them as stored

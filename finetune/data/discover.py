@@ -28,7 +28,9 @@ IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini", "__macosx"})
 SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 
-def discover(source: str, val_fraction: float = DataConfig.val_fraction, seed: int = 0) -> DataSource:
+def discover(
+    source: str, val_fraction: float = DataConfig.val_fraction, seed: int = 0, *, keep_problems: bool = False
+) -> DataSource:
     """Lists a data source and splits it into train/val (and test when the source has one).
 
     Args:
@@ -39,21 +41,26 @@ def discover(source: str, val_fraction: float = DataConfig.val_fraction, seed: i
             Defaults to `DataConfig.val_fraction` (0.2).
         seed: the split depends on it and on the file names only (not on listing order).
             Defaults to 0.
+        keep_problems: list an empty class folder in `DataSource.problems` (its class then has
+            no images) instead of raising, so that a health report can say everything at once.
+            Defaults to False: training cannot learn a class without images.
 
     Raises:
-        FinetuneError: a missing folder, a file, fewer than two classes, an empty class folder,
-            or split folders whose classes differ.
+        FinetuneError: a missing folder, a file, fewer than two classes, an empty class folder
+            (unless `keep_problems`), or split folders whose classes differ.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise FinetuneError(f"`val_fraction` must be at least 0 and below 1. Received: val_fraction={val_fraction!r}")
     source = str(source)
     if source.startswith(TFDS_PREFIX):
         return discover_tfds(source, val_fraction, seed)
-    return _discover_folder(source, val_fraction, seed)
+    return _discover_folder(source, val_fraction, seed, keep_problems)
 
 
 def list_images(folder) -> list[Path]:
     """Every file under `folder` (recursively, hidden files and folders left out), sorted; a file gives itself.
+
+    Links to folders are listed, not followed (see `walk_files`).
 
     Whether a file is an image is found when it is decoded (by content, not extension).
     """
@@ -66,11 +73,16 @@ def list_images(folder) -> list[Path]:
 
 
 def walk_files(folder: Path) -> list[Path]:
-    """Every non-hidden file under `folder`, sorted by path so that the order is the same everywhere."""
+    """Every non-hidden file under `folder`, sorted by path so that the order is the same everywhere.
+
+    Links to folders are not followed (a link to a folder above it would never end) but listed, so
+    that decoding reports them as skipped rather than their images going missing unsaid.
+    """
     found = []
     for directory, subdirectories, files in os.walk(folder):
         subdirectories[:] = [name for name in subdirectories if not _is_ignored(name)]
-        found += [Path(directory) / name for name in files if not _is_ignored(name)]
+        links = [name for name in subdirectories if os.path.islink(os.path.join(directory, name))]
+        found += [Path(directory) / name for name in files + links if not _is_ignored(name)]
     return sorted(found, key=lambda path: path.as_posix())
 
 
@@ -82,7 +94,7 @@ def _subfolders(folder: Path) -> list[Path]:
     return sorted(entry for entry in folder.iterdir() if entry.is_dir() and not _is_ignored(entry.name))
 
 
-def _discover_folder(source: str, val_fraction: float, seed: int) -> DataSource:
+def _discover_folder(source: str, val_fraction: float, seed: int, keep_problems: bool) -> DataSource:
     root = Path(source).expanduser()
     layout_help = f"Expected {root}/<class name>/<images>, e.g. {root}/cat/1.jpg and {root}/dog/1.jpg."
     if not root.exists():
@@ -93,11 +105,12 @@ def _discover_folder(source: str, val_fraction: float, seed: int) -> DataSource:
     split_folders = {
         SPLIT_FOLDERS[folder.name.lower()]: folder for folder in folders if folder.name.lower() in SPLIT_FOLDERS
     }
+    problems = [] if keep_problems else None
     if "train" in split_folders:
-        class_names, splits, skipped = _list_split_folders(root, split_folders)
+        class_names, splits, skipped = _list_split_folders(root, split_folders, problems)
         presplit = True
     else:
-        class_names, split, skipped = _list_classes(root)
+        class_names, split, skipped = _list_classes(root, problems)
         splits = {"train": split}
         presplit = False
     if "val" not in splits and val_fraction > 0:
@@ -109,16 +122,19 @@ def _discover_folder(source: str, val_fraction: float, seed: int) -> DataSource:
         splits=splits,
         skipped=skipped,
         presplit=presplit,
+        problems=problems or [],
     )
 
 
-def _list_split_folders(root: Path, split_folders: dict[str, Path]) -> tuple[list[str], dict[str, Split], list[dict]]:
+def _list_split_folders(
+    root: Path, split_folders: dict[str, Path], problems: list | None
+) -> tuple[list[str], dict[str, Split], list[dict]]:
     """The classes, splits and skipped files of train/ (and val/, test/), which must hold the same classes."""
     class_names, splits, skipped = None, {}, []
     for split_name in ("train", "val", "test"):
         if split_name not in split_folders:
             continue
-        names, split, split_skipped = _list_classes(split_folders[split_name])
+        names, split, split_skipped = _list_classes(split_folders[split_name], problems)
         skipped += split_skipped
         if class_names is None:
             class_names = names
@@ -130,8 +146,11 @@ def _list_split_folders(root: Path, split_folders: dict[str, Path]) -> tuple[lis
     return class_names, splits, skipped
 
 
-def _list_classes(folder: Path) -> tuple[list[str], Split, list[dict]]:
-    """The class subfolders of `folder` and their files, sorted; zero-byte files are skipped here."""
+def _list_classes(folder: Path, problems: list | None = None) -> tuple[list[str], Split, list[dict]]:
+    """The class subfolders of `folder` and their files, sorted; zero-byte files are skipped here.
+
+    An empty class folder raises, or with a `problems` list is added to it and kept as a class without images.
+    """
     class_folders = _subfolders(folder)
     if len(class_folders) < 2:
         raise FinetuneError(_too_few_classes_message(folder, class_folders))
@@ -146,10 +165,13 @@ def _list_classes(folder: Path) -> tuple[list[str], Split, list[dict]]:
                 usable.append(str(path))
         if not usable:
             what = f"only {len(files)} empty files" if files else "no files"
-            raise FinetuneError(
+            message = (
                 f"The class folder {class_folder} has {what}, so the class {class_folder.name!r} has no images. "
                 f"Add images to it or remove the folder."
             )
+            if problems is None:
+                raise FinetuneError(message)
+            problems.append({"path": str(class_folder), "problem": message})
         paths += usable
         labels += [label] * len(usable)
     return [folder.name for folder in class_folders], Split(paths, np.array(labels, dtype=np.int64)), skipped

@@ -43,7 +43,8 @@ def class_weights(labels, num_classes: int, threshold: float = CLASS_WEIGHT_THRE
     }
 
 
-def make_dataset(images, labels, batch_size: int, shuffle: bool, seed: int, augment=None, repeat: bool = False):
+def make_dataset(images, labels, batch_size: int, shuffle: bool, seed: int, augment=None, repeat: bool = False,
+                 start_epoch: int | None = None):
     """A `tf.data.Dataset` of (float32 images in 0..255 [B, S, S, 3], int64 labels [B]) batches.
 
     Images are gathered from `images` batch by batch (a memory map works: nothing is copied up
@@ -58,6 +59,11 @@ def make_dataset(images, labels, batch_size: int, shuffle: bool, seed: int, augm
         augment: None, or a callable from a float32 batch of images to a batch of the same shape,
             run with `num_parallel_calls=AUTOTUNE` and a deterministic order. Defaults to None.
         repeat: repeat forever (then pass `steps_per_epoch` to fit). Defaults to False.
+        start_epoch: when given, the data set is epochs `start_epoch`, `start_epoch + 1`, ... one
+            after another, forever (pass `steps_per_epoch=ceil(N / batch_size)` to fit); epoch e's
+            order is a function of `seed` and e alone, and no batch spans two epochs, so that a
+            run resumed at epoch e sees what an uninterrupted one saw. Defaults to None (`shuffle`
+            and `repeat` as above: the order depends on how often the data set was iterated).
     """
     import tensorflow as tf
 
@@ -82,12 +88,30 @@ def make_dataset(images, labels, batch_size: int, shuffle: bool, seed: int, augm
         batch_labels.set_shape((None,))
         return tf.cast(batch_images, tf.float32), batch_labels
 
-    dataset = tf.data.Dataset.range(len(labels))
-    if shuffle:
-        dataset = dataset.shuffle(max(1, len(labels)), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        dataset = dataset.repeat()
-    dataset = dataset.batch(int(batch_size)).map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if start_epoch is not None:
+        dataset = _epochs(len(labels), int(batch_size), shuffle, seed, int(start_epoch))
+    else:
+        dataset = tf.data.Dataset.range(len(labels))
+        if shuffle:
+            dataset = dataset.shuffle(max(1, len(labels)), seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            dataset = dataset.repeat()
+        dataset = dataset.batch(int(batch_size))
+    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if augment is not None:
         dataset = dataset.map(lambda x, y: (augment(x), y), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _epochs(count: int, batch_size: int, shuffle: bool, seed: int, start_epoch: int):
+    """Batches of indices, epoch after epoch from `start_epoch`: epoch e shuffled by (seed, e), statelessly."""
+    import tensorflow as tf
+
+    def epoch_batches(epoch):
+        order = tf.range(count, dtype=tf.int64)
+        if shuffle:
+            key = tf.stack([tf.constant(int(seed) & 0x7FFFFFFF, tf.int64), epoch])
+            order = tf.random.experimental.stateless_shuffle(order, seed=key)
+        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+
+    return tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch_batches)

@@ -31,6 +31,8 @@ class DataSource:
     splits: dict[str, Split]  # "train", "val", and "test" when present
     skipped: list[dict]  # {"path", "reason"} found while listing (non-images by content: at decode time)
     presplit: bool  # True when the folder had train/ (and val/test)
+    # {"path", "problem"}: what would stop training, kept for the health report instead of raised
+    problems: list[dict] = dataclasses.field(default_factory=list)
 
 
 def stratified_split(split: Split, class_names: list[str], val_fraction: float, seed: int) -> tuple[Split, Split]:

@@ -117,7 +117,13 @@ def read_export(path) -> dict:
     format = sidecar.get("format")
     check_choice("format", format, FORMATS)
     labels = read_json(directory / LABELS_FILE) if (directory / LABELS_FILE).is_file() else sidecar["labels"]
-    artefact = directory / sidecar.get("artefact", ARTEFACTS[format])
+    name = str(sidecar.get("artefact", ARTEFACTS[format]))
+    if Path(name).name != name or name in ("", ".", ".."):  # "../../elsewhere/model.keras", "/etc/model"
+        raise FinetuneError(
+            f"{directory / EXPORT_FILE} names its model {name!r}, which is not in {directory}: refused, since an "
+            f"export's model lies in its own folder. Export it again. Received: artefact={name!r}"
+        )
+    artefact = directory / name
     if not artefact.exists():
         raise FinetuneError(f"{directory} is an export without its model ({artefact} is missing). Export it again.")
     return {

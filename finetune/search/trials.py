@@ -117,6 +117,7 @@ def finetune_trial(shared: SearchData, config, *, run_dir, callbacks=(), max_per
     them under stages.finetune, before training's safety nets may keep the head or the best
     linear head instead: the configuration is what is scored), the epochs run, and whether it diverged.
     """
+    from finetune.checkpoint import remove_backup
     from finetune.pipeline import fit_strategy
 
     shared.backbone.set_weights(shared.initial_weights)  # every trial starts from the pretrained backbone
@@ -128,6 +129,7 @@ def finetune_trial(shared: SearchData, config, *, run_dir, callbacks=(), max_per
     data = dataclasses.replace(data, run_dir=run_dir)
     result = fit_strategy(shared.plan, shared.backbone, shared.spec, data=data, features=features, config=config,
                           callbacks=callbacks)
+    remove_backup(run_dir)  # the trial ran to its end (or was pruned): nothing to resume
     finetuned = result.stages["finetune"]
     return {
         "value": float(finetuned["val_accuracy"]),

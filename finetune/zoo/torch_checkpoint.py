@@ -14,6 +14,7 @@ import collections
 import pickle
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -190,6 +191,21 @@ def _to_arrays(state, storages: dict[str, np.ndarray], source: str) -> dict[str,
     return arrays
 
 
+# What a damaged pickle raises while being read; an `UnsafeCheckpointError` is raised as itself.
+_DAMAGED = (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, TypeError, AttributeError, struct.error)
+
+
+def _load_state(unpickler: _RestrictedUnpickler, source: str):
+    """The state pickle, or a `FinetuneError` naming the file: a damaged checkpoint, not a traceback."""
+    try:
+        return unpickler.load()
+    except _DAMAGED as error:
+        raise FinetuneError(
+            f"{source} is a damaged or truncated checkpoint ({type(error).__name__}: {error}). "
+            "Download it again, or save it again with torch.save(model.state_dict(), path)."
+        ) from None
+
+
 def _read_legacy(path: Path) -> dict[str, np.ndarray]:
     source = str(path)
     with open(path, "rb") as file:
@@ -197,20 +213,18 @@ def _read_legacy(path: Path) -> dict[str, np.ndarray]:
         header = _RestrictedUnpickler(file, source)
         try:
             magic_number = header.load()
-        except UnsafeCheckpointError:
-            raise
-        except (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, TypeError, struct.error) as error:
+        except _DAMAGED as error:
             raise FinetuneError(f"{source} is neither a zip nor a legacy torch checkpoint ({error}).") from None
         if magic_number != _LEGACY_MAGIC_NUMBER:
             raise FinetuneError(f"{source} is not a torch checkpoint (wrong magic number {magic_number!r}).")
-        protocol_version = _RestrictedUnpickler(file, source).load()
+        protocol_version = _load_state(_RestrictedUnpickler(file, source), source)
         if protocol_version != _LEGACY_PROTOCOL_VERSION:
             raise FinetuneError(f"{source}: unsupported legacy protocol version {protocol_version!r}.")
-        system_info = _RestrictedUnpickler(file, source).load()
+        system_info = _load_state(_RestrictedUnpickler(file, source), source)
         little_endian = bool(system_info.get("little_endian", True)) if isinstance(system_info, dict) else True
         unpickler = _RestrictedUnpickler(file, source)
-        state = unpickler.load()
-        storage_keys = _RestrictedUnpickler(file, source).load()
+        state = _load_state(unpickler, source)
+        storage_keys = _load_state(_RestrictedUnpickler(file, source), source)
         storages = {}
         for key in storage_keys:
             key = str(key)
@@ -242,7 +256,7 @@ def _read_zip(path: Path) -> dict[str, np.ndarray]:
             little_endian = archive.read(prefix + "byteorder").decode().strip() != "big"
         with archive.open(pickles[0]) as file:
             unpickler = _RestrictedUnpickler(file, source)
-            state = unpickler.load()
+            state = _load_state(unpickler, source)
         storages = {}
         for key, reference in unpickler.storages.items():
             if reference.key != key:
@@ -272,5 +286,8 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise FinetuneError(f"No checkpoint at {path}. Received: path={str(path)!r}")
     if zipfile.is_zipfile(path):
-        return _read_zip(path)
+        try:
+            return _read_zip(path)
+        except (zipfile.BadZipFile, zlib.error) as error:
+            raise FinetuneError(f"{path} is a damaged zip checkpoint ({error}). Download it again.") from None
     return _read_legacy(path)

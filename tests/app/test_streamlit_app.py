@@ -183,8 +183,7 @@ def test_results_download_as_csv(colour_models_dir, monkeypatch):
 
 def test_samples_can_be_picked_instead_of_uploaded(colour_models_dir, monkeypatch):
     samples = uploads.sample_files()
-    if not samples:
-        pytest.skip("the bundled sample images are not installed")
+    assert samples, f"the bundled sample images are missing from {uploads.SAMPLE_DIR}"  # package data of this repository
     app = start_app(colour_models_dir, monkeypatch)
     first = next(iter(samples))
     app.multiselect(key="samples").set_value([first]).run()
@@ -207,15 +206,50 @@ def test_exported_ensemble_is_listed_and_its_members_agreement_shown(tmp_path, m
     assert "members agree: 67% (red, red, blue)" in " ".join(caption.value for caption in app.caption)
 
 
+def write_corner_run(directory: Path, image_size: int = 32) -> Path:
+    """A run whose model looks only at the top-left quarter of what it is shown: red there says "red", blue "blue".
+
+    Unlike the mean-colour run, its answer depends on where each view was cut and which way it faces.
+    """
+    import keras
+    import numpy as np
+
+    half = image_size // 2
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    corner = keras.layers.Cropping2D(((0, half), (0, half)), name="top_left")(keras.layers.Rescaling(1 / 255.0)(inputs))
+    classifier = keras.layers.Dense(2, activation="softmax", name="classifier")
+    model = keras.Model(inputs, classifier(keras.layers.GlobalAveragePooling2D(name="pool")(corner)))
+    classifier.set_weights([np.array([[-4.0, 4.0], [0.0, 0.0], [4.0, -4.0]]), np.zeros(2)])
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save(directory / "model.keras")
+    (directory / "labels.json").write_text(json.dumps(["blue", "red"]))
+    (directory / "config.json").write_text(json.dumps({"image_size": image_size, "model": {"backbone": "corner"}}))
+    (directory / "metrics.json").write_text(json.dumps({"val_accuracy": 0.75}))
+    return directory
+
+
+def corner_photo(path: Path) -> Path:
+    """A 90 x 60 JPEG, red in a top-left block that ends off the middle, blue elsewhere: every crop sees its own mix."""
+    import numpy as np
+
+    pixels = np.tile(np.array([20, 40, 230], np.uint8), (60, 90, 1))
+    pixels[:20, :35] = (230, 30, 20)
+    Image.fromarray(pixels).save(path, format="JPEG", quality=95)
+    return path
+
+
 @pytest.mark.parametrize("tta", ["none", "five_crop"])
-def test_app_predicts_what_finetune_predict_predicts(colour_models_dir, tmp_path, tta):
-    run = finetune.load_run(next(colour_models_dir.iterdir()))
-    photo = tmp_path / "photo.jpg"
-    photo.write_bytes(image_bytes("red", "JPEG", size=(90, 60)))
+def test_app_predicts_what_finetune_predict_predicts(tmp_path, tta):
+    run = finetune.load_run(write_corner_run(tmp_path / "corner"))
+    photo = corner_photo(tmp_path / "photo.jpg")
     from_library = finetune.predict(run, [photo], top_k=2, tta=tta)[0]["predictions"]
     from_app = uploads.predict_upload(run, "photo.jpg", photo.read_bytes(), tta=tta, top_k=2).predictions
     assert [p["label"] for p in from_app] == [p["label"] for p in from_library]
     assert [p["probability"] for p in from_app] == pytest.approx([p["probability"] for p in from_library], abs=1e-5)
+    # The views matter here: other crops, or the mirror image, would give other probabilities.
+    red = {mode: next(p["probability"] for p in finetune.predict(run, [photo], top_k=2, tta=mode)[0]["predictions"]
+                      if p["label"] == "red") for mode in ("none", "center", "flip", "five_crop")}
+    assert min(abs(red[tta] - red[other]) for other in red if other != tta) > 0.01, red
 
 
 def test_tta_starts_at_the_mode_training_chose(tmp_path, monkeypatch):

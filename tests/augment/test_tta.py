@@ -164,6 +164,31 @@ def test_choose_tta_ties_go_to_the_cheaper_mode():
     assert all(accuracy == pytest.approx(0.5) for accuracy in accuracies.values())
 
 
+def left_half_model(size: int) -> keras.Model:
+    """Says "stripe" (class 0) when the left half of the image is bright: p = 0.99 with a stripe there, 0.3 without.
+
+    Blind to a stripe on the right, so only views that mirror the image can find it.
+    """
+    inputs = keras.Input((size, size, 3))
+    left = keras.layers.Cropping2D(((0, 0), (0, size - size // 2)))(inputs)
+    slope = (np.log(99.0) - np.log(0.3 / 0.7)) / (3 * 127.5)  # mean 127.5 per channel: a stripe over half the half
+    dense = keras.layers.Dense(2, activation="softmax")
+    outputs = dense(keras.layers.GlobalAveragePooling2D()(left))
+    dense.set_weights([np.array([[slope, 0.0]] * 3, np.float32), np.array([np.log(0.3 / 0.7), 0.0], np.float32)])
+    return keras.Model(inputs, outputs)
+
+
+def test_choose_tta_picks_a_dearer_mode_that_is_more_accurate():
+    images = np.zeros((6, SIZE, SIZE, 3), np.uint8)
+    images[0:2, :, : SIZE // 4] = 255  # a stripe on the left: seen by every mode
+    images[2:4, :, -(SIZE // 4):] = 255  # on the right: seen only in the mirror image
+    labels = [0, 0, 0, 0, 1, 1]  # stripe, stripe, stripe, stripe, plain, plain
+    mode, accuracies = choose_tta(left_half_model(SIZE), images, labels)
+    assert accuracies["none"] == pytest.approx(4 / 6) and accuracies["flip"] == 1.0
+    # Mirrored views averaged with the originals find every stripe: (0.99 + 0.3) / 2 > 0.5.
+    assert mode == "flip"
+
+
 def test_choose_tta_matches_each_mode_evaluated_alone():
     model = small_model(SIZE, seed=3)
     rng = np.random.default_rng(2)

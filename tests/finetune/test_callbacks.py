@@ -1,12 +1,15 @@
-"""Callbacks driven by scripted logs (and two short fits of a tiny dense model)."""
+"""Callbacks driven by scripted logs (and short fits of a tiny dense model)."""
 
+import errno
 import math
+import os
 
 import keras
 import numpy as np
 import pytest
 
 from finetune.callbacks import (
+    AtomicCSVLogger,
     DivergenceGuard,
     LearningRateLogger,
     SnapshotSaver,
@@ -35,6 +38,63 @@ def tiny_data(count=32):
 
 def shift_weights(model, amount):
     model.set_weights([weight + amount for weight in model.get_weights()])
+
+
+# -- AtomicCSVLogger ------------------------------------------------------------------------
+
+EPOCH_LOGS = [{"loss": 1.5, "accuracy": 0.25, "val_loss": 1.75, "val_accuracy": 0.5},
+              {"loss": 0.75, "accuracy": 0.5, "val_loss": 1.25, "val_accuracy": 0.75},
+              {"loss": 0.5, "accuracy": 0.75, "val_loss": 1.0, "val_accuracy": 1.0}]
+
+
+def _log_epochs(logger, epochs):
+    logger.on_train_begin()
+    for epoch in epochs:
+        logger.on_epoch_end(epoch, dict(EPOCH_LOGS[epoch]))
+    logger.on_train_end()
+
+
+def test_history_csv_is_what_keras_writes_and_a_resumed_run_appends_to_it(tmp_path):
+    ours, keras_own = tmp_path / "ours.csv", tmp_path / "keras.csv"
+    _log_epochs(keras.callbacks.CSVLogger(str(keras_own), append=True), [0, 1, 2])
+    _log_epochs(AtomicCSVLogger(str(ours), append=True), [0, 1])
+    _log_epochs(AtomicCSVLogger(str(ours), append=True), [2])  # resumed after epoch 2
+    assert ours.read_bytes() == keras_own.read_bytes()
+    assert ours.read_text().count("epoch,") == 1 and len(ours.read_text().splitlines()) == 4
+    _log_epochs(AtomicCSVLogger(str(ours), append=False), [0])  # a fresh run starts the file again
+    assert len(ours.read_text().splitlines()) == 2
+
+
+def test_history_csv_is_replaced_whole_so_a_failed_write_keeps_the_epochs_before(tmp_path, monkeypatch):
+    path = tmp_path / "history.csv"
+    logger = AtomicCSVLogger(str(path), append=True)
+    logger.on_train_begin()
+    logger.on_epoch_end(0, dict(EPOCH_LOGS[0]))
+    after_first = path.read_text()
+    assert after_first.splitlines()[1].startswith("0,")  # complete after each epoch, before training ends
+
+    def disk_full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(FinetuneError, match=f"Cannot write {path}.*disk is full"):
+        logger.on_epoch_end(1, dict(EPOCH_LOGS[1]))
+    monkeypatch.undo()
+    assert path.read_text() == after_first
+    assert [item.name for item in tmp_path.iterdir()] == ["history.csv"]
+
+
+def test_a_fit_resumed_at_its_last_epoch_continues_history_csv(tmp_path):
+    from finetune.curves import read_history
+
+    path = tmp_path / "history.csv"
+    model = tiny_model()
+    x, y = tiny_data()
+    model.fit(x, y, epochs=2, verbose=0, validation_data=(x, y), callbacks=[AtomicCSVLogger(str(path), append=True)])
+    model.fit(x, y, initial_epoch=2, epochs=3, verbose=0, validation_data=(x, y),
+              callbacks=[AtomicCSVLogger(str(path), append=True)])
+    assert [line.split(",")[0] for line in path.read_text().splitlines()] == ["epoch", "0", "1", "2"]
+    assert len(read_history(path)["val_loss"]) == 3
 
 
 # -- SnapshotSaver -------------------------------------------------------------------------

@@ -167,16 +167,18 @@ def reference_probabilities(runs, x):
     return build_ensemble(members).predict(x, verbose=0)
 
 
+# The largest difference in probability from the in-memory ensemble each export of this toy may have:
+# float32 graphs agree to rounding (measured 0), float16 weights to a hundredth (measured 2e-4), and
+# dynamic-range int8 leaves its few small layers in float (measured 0).
 @pytest.mark.parametrize(
-    "format, quantize",
-    [("keras", "none"), ("savedmodel", "none"), ("tflite", "none"), ("tflite", "float16"), ("tflite", "dynamic"), ("onnx", "none")],
+    "format, quantize, bound",
+    [("keras", "none", 1e-5), ("savedmodel", "none", 1e-5), ("tflite", "none", 1e-5), ("tflite", "float16", 0.01),
+     ("tflite", "dynamic", 0.05), ("onnx", "none", 1e-5)],
 )
-def test_export_passes_parity_and_loads_like_a_run(runs, tmp_path, format, quantize):
+def test_export_passes_parity_and_loads_like_a_run(runs, tmp_path, format, quantize, bound):
     out = tmp_path / f"export-{format}-{quantize}"
     sidecar = export_ensemble([runs["a"]], out, format=format, quantize=quantize)
-    assert sidecar["parity"]["passed"] and sidecar["parity"]["max_abs_diff"] <= export_module.TOLERANCES[quantize]
-    if quantize == "none":
-        assert sidecar["parity"]["max_abs_diff"] < 1e-4
+    assert sidecar["parity"]["passed"] and sidecar["parity"]["max_abs_diff"] <= bound
     assert "val images" in sidecar["parity"]["images"]  # the run's own data, not noise
     assert sidecar["labels"] == LABELS and sidecar["image_size"] == SIZE and len(sidecar["members"]) == 3
     assert json.loads((out / "export.json").read_text())["format"] == format
@@ -184,8 +186,7 @@ def test_export_passes_parity_and_loads_like_a_run(runs, tmp_path, format, quant
     run = load_run(out)
     assert run.labels == LABELS and run.image_size == SIZE and run.metrics["parity"]["passed"]
     x = images()
-    tolerance = 1e-4 if quantize == "none" else export_module.TOLERANCES[quantize]
-    np.testing.assert_allclose(run.model.predict(x, batch_size=2), reference_probabilities(runs, x), atol=tolerance)
+    np.testing.assert_allclose(run.model.predict(x, batch_size=2), reference_probabilities(runs, x), atol=bound)
 
 
 def test_keras_export_loads_in_safe_mode_and_from_its_file(runs, tmp_path):

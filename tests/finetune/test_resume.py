@@ -40,3 +40,109 @@ def test_the_state_of_an_out_folder(tmp_path):
         check_out(tmp_path / "killed", overwrite=False)
     assert check_out(tmp_path / "killed", overwrite=True) == "overwrite"
     assert sorted(path.name for path in (tmp_path / "killed").iterdir()) == []
+
+
+def _run_files(directory):
+    return sorted(str(path.relative_to(directory)) for path in directory.rglob("*"))
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_mid_finetuning_resumes_and_ends_as_the_uninterrupted_run(tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "data"
+    write_image_folder(data / "train", classes=("a", "b", "c"), per_class=30, size=32)
+    write_image_folder(data / "test", classes=("a", "b", "c"), per_class=6, size=32, seed=1)
+    # The imported ImageNet weights, so that the finetuned model is the one kept (from scratch, at this size, the
+    # linear head wins and the comparison would not reach the resumed weights).
+    options = ["--backbone", "mobilenet_v2_torchvision", "--image-size", "32", "--strategy", "finetune_top",
+               "--epochs", "8", "--augment", "light", "--learning-rate", "0.0003", "--tta", "none", "--no-cache"]
+    command = [sys.executable, "-m", "finetune.cli", "train", str(data), *options]
+
+    whole = tmp_path / "whole"
+    subprocess.run([*command, "--out", str(whole), "--quiet"], check=True, timeout=300)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([*command, "--out", str(killed), "--quiet"])
+    state, deadline = killed / "backup" / "state.json", time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if state.exists() and json.loads(state.read_text())["epoch"] >= 2:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before it could be killed: give it more epochs"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    epoch_at_kill = json.loads(state.read_text())["epoch"]
+    assert not (killed / "metrics.json").exists()
+
+    resumed = subprocess.run([*command, "--out", str(killed)], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "unfinished run" in resumed.stderr  # it says what it does
+
+    mine, theirs = (json.loads((folder / "metrics.json").read_text()) for folder in (killed, whole))
+    assert mine["stages"]["finetune"]["kept"] and theirs["stages"]["finetune"]["kept"]
+    assert mine["stages"]["finetune"]["epochs_run"] < theirs["stages"]["finetune"]["epochs_run"] or epoch_at_kill == 0
+    assert mine["test_accuracy"] == theirs["test_accuracy"] and mine["val_accuracy"] == theirs["val_accuracy"]
+    history = [line.split(",")[0] for line in (killed / "history.csv").read_text().splitlines()]
+    assert history == [line.split(",")[0] for line in (whole / "history.csv").read_text().splitlines()]  # each epoch once
+    images = np.stack([np.asarray(Image.open(path).convert("RGB")) for path in sorted((data / "test").glob("*/*.png"))])
+    assert np.allclose(finetune.load_run(killed).model.predict(images, verbose=0),
+                       finetune.load_run(whole).model.predict(images, verbose=0), atol=1e-5)
+    assert not (killed / "backup").exists()  # removed once the run is finished
+    assert [name for name in _run_files(killed) if ".tmp" in name] == []  # no half-written file anywhere
+
+
+def test_early_stopping_keeps_its_patience_and_best_weights_across_a_resume(tmp_path):
+    import keras
+    import numpy as np
+
+    from finetune.checkpoint import ResumeCheckpoint, initial_epoch
+
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+    seen = {}
+
+    class Look(keras.callbacks.Callback):  # what early stopping holds once training (re)starts
+        def __init__(self, stopping):
+            super().__init__()
+            self.stopping = stopping
+
+        def on_train_begin(self, logs=None):
+            seen.update(best=self.stopping.best, wait=self.stopping.wait, weights=self.stopping.best_weights)
+
+    def fit(epochs):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+        model.compile(keras.optimizers.Adam(0.05), "sparse_categorical_crossentropy")
+        stopping = keras.callbacks.EarlyStopping(monitor="loss", patience=50, restore_best_weights=True)
+        model.fit(x, y, epochs=epochs, shuffle=False, verbose=0,
+                  callbacks=[stopping, ResumeCheckpoint(tmp_path, stopping), Look(stopping)])
+        return stopping, model
+
+    first, model = fit(3)
+    assert initial_epoch(tmp_path) == 3
+    fit(5)  # starts again at epoch 3 of 5, as a killed run started again would
+    assert seen["best"] == first.best and seen["wait"] == first.wait
+    assert all(np.array_equal(a, b) for a, b in zip(seen["weights"], first.best_weights))
+    assert sorted(path.name for path in (tmp_path / "backup").iterdir()) == ["best-5.weights.h5", "epoch-5.weights.h5",
+                                                                            "state.json"]
+
+
+@pytest.mark.slow
+def test_a_linear_head_that_beats_finetuning_is_put_on_the_backbone_its_features_came_from(tmp_path):
+    """From scratch, finetuning changes the backbone (BatchNorm's statistics too); the winning stage head was fit on
+    the features of the backbone before it, and must be put on that one (it scored chance on the changed one)."""
+    data = write_image_folder(tmp_path / "data", classes=("a", "b", "c"), per_class=10, size=32)
+    run = finetune.train(data, out=tmp_path / "run", strategy="full", learning_rate=0.01, tta="none",
+                         **{**TINY, "epochs": 2})
+    finetuned = run.metrics["stages"]["finetune"]
+    assert finetuned["replaced_by"] == "multistage_linear", "the setting no longer has the linear head win"
+    assert run.metrics["val_accuracy"] == pytest.approx(finetuned["linear_rival"]["val_accuracy"])

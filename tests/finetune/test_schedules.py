@@ -111,23 +111,36 @@ def test_linear_batch_size_scaling():
     assert values_at(build_schedule("constant", 0.1, 10, 5, batch_size=64), [0]) == pytest.approx([0.025])
 
 
-@pytest.mark.parametrize(
-    "schedule",
-    [
-        Constant(0.3),
-        TriangularCyclic(0.01, 0.1, 4),
-        SnapshotCosine(0.1, 40, 4),
-        Warmup(SnapshotCosine(0.1, 40, 4), 5, "constant", 0.2),
-        build_schedule("step", 0.1, 10, 8, warmup_epochs=1, milestones=[3]),
-    ],
-    ids=lambda schedule: type(schedule).__name__,
-)
-def test_schedules_serialise_and_are_pure_functions_of_the_step(schedule):
+def _snapshot(position, length=10, rate=0.1):  # Huang et al.'s cosine at `position` steps into a cycle
+    return rate / 2 * (math.cos(math.pi * position / length) + 1)
+
+
+# Each schedule with its rate at chosen steps, computed by hand from the closed forms.
+CLOSED_FORMS = [
+    (Constant(0.3), {0: 0.3, 17: 0.3, 39: 0.3}),
+    # Triangle of period 8 steps between 0.01 and 0.1: 0.01 + 0.09 * (1 - |(step mod 8) / 4 - 1|).
+    (TriangularCyclic(0.01, 0.1, 4), {0: 0.01, 3: 0.0775, 4: 0.1, 7: 0.0325, 17: 0.0325, 38: 0.055}),
+    # Cycles of 40 / 4 = 10 steps.
+    (SnapshotCosine(0.1, 40, 4), {0: 0.1, 3: _snapshot(3), 7: _snapshot(7), 17: _snapshot(7), 39: _snapshot(9)}),
+    # 5 steps at 0.2 x the target (0.1), then the cosine counted from the end of warmup.
+    (Warmup(SnapshotCosine(0.1, 40, 4), 5, "constant", 0.2),
+     {0: 0.02, 4: 0.02, 5: 0.1, 7: _snapshot(2), 17: _snapshot(2), 39: _snapshot(4)}),
+    # 10 warmup steps of (step + 1) / 10 x 0.1; then 0.1 until epoch 3 after warmup (step 40), 0.01 after.
+    (build_schedule("step", 0.1, 10, 8, warmup_epochs=1, milestones=[3]),
+     {0: 0.01, 3: 0.04, 9: 0.1, 17: 0.1, 39: 0.1, 40: 0.01, 79: 0.01}),
+]
+
+
+@pytest.mark.parametrize("schedule, expected", CLOSED_FORMS,
+                         ids=["constant", "cyclic", "snapshot", "constant_warmup", "linear_warmup_step"])
+def test_schedules_serialise_and_are_pure_functions_of_the_step(schedule, expected):
     restored = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(schedule))
-    steps = [0, 3, 7, 17, 39]
-    assert values_at(restored, steps) == pytest.approx(values_at(schedule, steps))
-    # No state: the same step gives the same rate, whatever was asked before.
-    assert values_at(schedule, [17]) == values_at(schedule, [17])
+    steps = list(expected)
+    for candidate in (schedule, restored):
+        assert values_at(candidate, steps) == pytest.approx([expected[step] for step in steps], rel=1e-5)
+    # No state: asked in another order, after other steps, every step still gives its own rate.
+    backwards = steps[::-1] + steps
+    assert values_at(schedule, backwards) == pytest.approx([expected[step] for step in backwards], rel=1e-5)
 
 
 def test_a_model_saved_with_a_schedule_loads_in_safe_mode(tmp_path):

@@ -10,7 +10,7 @@ from finetune.errors import FinetuneError
 
 
 def test_tfds_without_a_validation_split_is_split_like_a_folder():
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds
     with tfds.testing.mock_data(num_examples=20):
         data = discover("tfds:tf_flowers", val_fraction=0.2, seed=0)
         assert data.name == "tf_flowers" and data.root == "tfds:tf_flowers" and not data.presplit
@@ -26,7 +26,7 @@ def test_tfds_without_a_validation_split_is_split_like_a_folder():
 
 
 def test_tfds_train_validation_test_splits_are_used(tmp_path):
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds
     # The real split names come from the data set's metadata; write it where the mock looks.
     builder = tfds.builder("beans", data_dir=str(tmp_path))
     builder.info.set_splits(
@@ -46,6 +46,6 @@ def test_tfds_train_validation_test_splits_are_used(tmp_path):
 
 
 def test_an_unknown_tfds_name_is_a_clear_error():
-    pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets  # noqa: F401  (a hard dependency: its absence must fail, not skip)
     with pytest.raises(FinetuneError, match="no data set 'no_such_data_set'"):
         discover("tfds:no_such_data_set")

@@ -161,3 +161,47 @@ def test_read_state_dict_rejects_a_tensor_outside_its_storage(tmp_path):
 
     with pytest.raises(FinetuneError, match="reaches element 5 of a storage of 4"):
         read_state_dict(path)
+
+
+@pytest.mark.parametrize("layout", ["legacy header", "legacy storage keys", "zip"])
+def test_the_weights_import_refuses_a_checkpoint_that_would_run_a_command(tmp_path, layout):
+    """Through the import `--weights imagenet` falls back to, with the command where each layout reads a pickle."""
+    from finetune.zoo.torchvision_import import import_mobilenet_v2
+
+    marker = tmp_path / "pwned"
+    command = _RunsShellCommand(marker)
+    storage = _Storage("0", "FloatStorage", np.zeros(4, dtype=np.float32))
+    state = {"features.0.0.weight": _Tensor(storage, 0, (4,), (1,))}
+    path = tmp_path / "mobilenet_v2-b0353104.pth"
+    if layout == "zip":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("archive/data.pkl", pickle.dumps({"features.0.0.bias": command}, protocol=2))
+            archive.writestr("archive/data/0", storage.array.tobytes())
+    else:
+        with open(path, "wb") as file:
+            pickle.dump(command if layout == "legacy header" else 0x1950A86A20F9469CFC6C, file, protocol=2)
+            pickle.dump(1001, file, protocol=2)
+            pickle.dump({"little_endian": True}, file, protocol=2)
+            file.write(_pickled(state, legacy=True))
+            pickle.dump(command, file, protocol=2)  # where the storage keys belong
+
+    with pytest.raises(UnsafeCheckpointError, match=rf"Refusing to load `(posix|nt|os)\.system` from {path}"):
+        import_mobilenet_v2(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("layout", ["legacy", "zip"])
+def test_a_damaged_checkpoint_is_a_clear_error_not_a_traceback(tmp_path, layout):
+    state, storages, _ = _state_and_expected()
+    path = tmp_path / "cut.pth"
+    if layout == "zip":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("archive/data.pkl", _pickled(state, legacy=False)[:-20])
+    else:
+        write_legacy_checkpoint(path, state, storages)
+        content = path.read_bytes()
+        header = len(pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)) + len(pickle.dumps(1001, protocol=2))
+        path.write_bytes(content[: header + 40])  # cut inside the system info
+
+    with pytest.raises(FinetuneError, match=rf"{path} is a damaged or truncated checkpoint .*Download it again"):
+        read_state_dict(path)
