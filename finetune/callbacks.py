@@ -49,7 +49,8 @@ class SnapshotSaver(keras.callbacks.Callback):
 
     Cycle k (from 1) ends after epoch `offset_epochs + k * cycle_epochs`; its model goes to
     `directory/snapshot_{k:02d}.keras`, written atomically. Epoch numbers are the ones Keras
-    passes, so a run resumed by `BackupAndRestore` keeps numbering its snapshots correctly.
+    passes, so a resumed run (`finetune.checkpoint`) keeps numbering its snapshots correctly, and
+    `saved` lists the snapshots an interrupted run saved before it too.
 
     Args:
         directory: where the snapshots go, e.g. run_dir / "snapshots".
@@ -72,11 +73,23 @@ class SnapshotSaver(keras.callbacks.Callback):
         self.cycle_epochs = int(cycle_epochs)
         self.offset_epochs = int(offset_epochs)
         self.saved: list[Path] = []
+        self._epochs_done: int | None = None
 
     def snapshot_path(self, cycle: int) -> Path:
         return self.directory / f"snapshot_{cycle:02d}.keras"
 
+    def on_train_begin(self, logs=None):
+        self._epochs_done = None
+
+    def on_train_end(self, logs=None):
+        # Every cycle finished by the end, by this process or by an interrupted one before it (a
+        # resumed fit starts at `_initial_epoch`): their snapshots are the ensemble's members.
+        end = self._epochs_done if self._epochs_done is not None else int(getattr(self.model, "_initial_epoch", 0) or 0)
+        done = max(0, end - self.offset_epochs) // self.cycle_epochs
+        self.saved = [self.snapshot_path(cycle) for cycle in range(1, done + 1) if self.snapshot_path(cycle).is_file()]
+
     def on_epoch_end(self, epoch, logs=None):
+        self._epochs_done = epoch + 1
         finished = epoch + 1 - self.offset_epochs
         if finished <= 0 or finished % self.cycle_epochs:
             return
@@ -103,14 +116,25 @@ class AtomicCSVLogger(keras.callbacks.CSVLogger):
         filename: the CSV file, e.g. run_dir / "history.csv".
         separator: the column separator. Defaults to ",".
         append: keep the rows already in the file. Defaults to False.
+        from_epoch: with `append`, the epoch a resumed fit starts at: rows of that epoch and later
+            (written by the killed run before its checkpoint) are dropped, so that no epoch is
+            listed twice. Defaults to None (all kept).
     """
+
+    def __init__(self, filename, separator=",", append=False, from_epoch: int | None = None):
+        super().__init__(filename, separator=separator, append=append)
+        self.from_epoch = from_epoch
+
+    def _kept(self, line: str) -> bool:
+        first = line.split(self.sep, 1)[0].strip()
+        return self.from_epoch is None or not first.isdigit() or int(first) < self.from_epoch
 
     def on_train_begin(self, logs=None):
         path = Path(self.filename)
         earlier = ""
         if self.append and path.is_file():
             with path.open(newline="", encoding="utf-8") as file:  # Keras' rows end in \r\n: kept as they are
-                earlier = file.read()
+                earlier = "".join(line for line in file.read().splitlines(keepends=True) if self._kept(line))
         self.append_header = not earlier.strip()
         self.csv_file = io.StringIO(newline="")
         self.csv_file.write(earlier)

@@ -25,7 +25,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from finetune.files import BACKUP_DIR, atomic_write_json, write_error
+from finetune.errors import FinetuneError
+from finetune.files import BACKUP_DIR, TEMPORARY_PREFIX, atomic_write_json, temporary_path, write_error
 
 STATE_FILE = "state.json"
 
@@ -51,7 +52,7 @@ def remove_backup(run_dir) -> None:
 
 
 def _save_weights_atomic(model, path: Path) -> None:
-    temporary = path.with_name(f".tmp-{os.getpid()}-{path.name}")  # still ends in .weights.h5, as Keras asks
+    temporary = temporary_path(path)  # still ends in .weights.h5, as Keras asks
     try:
         model.save_weights(temporary)
         os.replace(temporary, path)
@@ -72,7 +73,7 @@ def _same_file(source: Path, target: Path) -> None:
     try:
         os.link(source, target)
     except OSError:
-        temporary = target.with_name(f".tmp-{os.getpid()}-{target.name}")
+        temporary = temporary_path(target)
         shutil.copyfile(source, temporary)
         os.replace(temporary, target)
 
@@ -84,10 +85,13 @@ class ResumeCheckpoint(keras.callbacks.Callback):
     after `EarlyStopping.on_train_begin` resets it).
     """
 
-    def __init__(self, run_dir, early_stopping: keras.callbacks.EarlyStopping | None = None):
+    GUARD_STATE = ("initial_loss", "_average", "_seen", "_good_epoch", "report")
+
+    def __init__(self, run_dir, early_stopping: keras.callbacks.EarlyStopping | None = None, guard=None):
         super().__init__()
         self.directory = Path(run_dir) / BACKUP_DIR
         self.early_stopping = early_stopping
+        self.guard = guard  # a `finetune.callbacks.DivergenceGuard`: its reference loss and report carry over
         self.resumed_from = 0
 
     def on_train_begin(self, logs=None):
@@ -105,9 +109,18 @@ class ResumeCheckpoint(keras.callbacks.Callback):
             stopping.best, stopping.wait = float(saved["best"]), int(saved["wait"])
             stopping.best_epoch, stopping.stopped_epoch = int(saved["best_epoch"]), int(saved["stopped_epoch"])
         self.model.load_weights(self.directory / state["weights"])
-        for variable in _seed_states(self.model):  # dropout's random state, which weight files leave out
-            if variable.path in state.get("seeds", {}):
-                variable.assign(np.asarray(state["seeds"][variable.path], dtype=variable.dtype))
+        # Dropout's random state, which weight files leave out; by position, as generators' names
+        # depend on how many a process made before.
+        seeds, variables = state.get("seeds", []), _seed_states(self.model)
+        if len(seeds) != len(variables):
+            raise FinetuneError(f"The backup in {self.directory} is of another model ({len(seeds)} random generators, "
+                                f"this one has {len(variables)}): train with --overwrite to start afresh, or another --out.")
+        for variable, value in zip(variables, seeds):
+            variable.assign(np.asarray(value, dtype=variable.dtype))
+        if self.guard is not None and state.get("guard"):
+            for name, value in state["guard"].items():
+                setattr(self.guard, name, value)
+            self.guard._good_weights = self.model.get_weights()  # the last checkpoint's: good, or restored by it
         self.resumed_from = int(state["epoch"])
         # An early stop already decided: no epoch is left (fit then runs none, and early stopping restores the best).
         self.model._initial_epoch = state["last_epoch"] if state.get("stopped") else self.resumed_from
@@ -119,7 +132,9 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         _save_weights_atomic(self.model, self.directory / weights)
         state = {"epoch": epoch + 1, "weights": weights, "stopped": bool(self.model.stop_training),
                  "last_epoch": int(self.params.get("epochs", epoch + 1)),
-                 "seeds": {variable.path: np.asarray(variable).tolist() for variable in _seed_states(self.model)}}
+                 "seeds": [np.asarray(variable).tolist() for variable in _seed_states(self.model)]}
+        if self.guard is not None:
+            state["guard"] = {name: getattr(self.guard, name, None) for name in self.GUARD_STATE}
         stopping = self.early_stopping
         if stopping is not None:
             best_weights = (previous.get("early_stopping") or {}).get("best_weights")
@@ -132,5 +147,5 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         atomic_write_json(self.directory / STATE_FILE, state)
         keep = {STATE_FILE, weights, state.get("early_stopping", {}).get("best_weights")}
         for path in self.directory.iterdir():  # the files no complete state names any more
-            if path.name not in keep and not path.name.startswith(".tmp-"):
+            if path.name not in keep and not path.name.startswith(TEMPORARY_PREFIX):
                 path.unlink(missing_ok=True)

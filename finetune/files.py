@@ -24,6 +24,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -40,10 +41,55 @@ HISTORY_FILE = "history.csv"
 CALIBRATION_FILE = "calibration.png"  # the reliability diagram (finetune.trust)
 CURVES_FILE = "curves.png"
 CONFUSION_FILE = "confusion.png"  # the validation and test confusion matrices (finetune.confusion)
-BACKUP_DIR = "backup"  # keras.callbacks.BackupAndRestore: a killed run resumes from here
+BACKUP_DIR = "backup"  # finetune.checkpoint: a killed run resumes from here
 SNAPSHOT_DIR = "snapshots"
 TENSORBOARD_DIR = "tensorboard"  # run/tensorboard/: TensorBoard's event files, with --tensorboard
 EXPORT_FILE = "export.json"  # marks an export directory (finetune.export)
+
+
+# Every temporary file or folder is named .tmp-<pid>-<name>: one a killed process left is known by
+# its pid no longer running (`remove_stale_temporaries`).
+TEMPORARY_PREFIX = ".tmp-"
+_TEMPORARY_NAME = re.compile(r"^\.tmp-(?:export-)?(\d+)-")
+
+
+def temporary_path(path: Path) -> Path:
+    """Where `path` is written before its rename: `.tmp-<pid>-<name>` beside it (same suffix, as Keras asks)."""
+    path = Path(path)
+    return path.with_name(f"{TEMPORARY_PREFIX}{os.getpid()}-{path.name}")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder, *, recursive: bool = True, own: bool = False) -> list[Path]:
+    """Removes the temporary files and folders under `folder` that a killed process left; returns them.
+
+    Only `.tmp-<pid>-...` names whose process is no longer running: a write in progress in another
+    process is left alone. `own`: this process's pid counts as stale too, for a caller that has not
+    written anything yet (after a restart, a container often gets the pid its killed run had).
+    """
+    folder, removed = Path(folder), []
+    if not folder.is_dir():
+        return removed
+    for path in sorted(folder.rglob(f"{TEMPORARY_PREFIX}*") if recursive else folder.glob(f"{TEMPORARY_PREFIX}*")):
+        match = _TEMPORARY_NAME.match(path.name)
+        pid = None if match is None else int(match.group(1))
+        if pid is None or (pid == os.getpid() and not own) or (pid != os.getpid() and _running(pid)):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -56,7 +102,8 @@ def atomic_write_text(path: Path, text: str) -> None:
     temporary = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-{path.name}.",
+                                             suffix=".tmp")
         with os.fdopen(handle, "w", encoding="utf-8") as file:
             file.write(text)
             file.flush()
@@ -102,7 +149,7 @@ def save_model_atomic(model, path: Path) -> None:
     naming `path`, and an earlier file at `path` is left as it was.
     """
     path = Path(path)
-    temporary = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    temporary = temporary_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         model.save(temporary)
@@ -150,7 +197,7 @@ def default_run_dir(data_name: str, backbone: str, models_dir: Path | str = "mod
 
 def snapshot_paths(run_dir) -> list[Path]:
     """The snapshot files of a run, in cycle order; empty when it has none."""
-    return sorted((Path(run_dir) / SNAPSHOT_DIR).glob("*.keras"))
+    return sorted((Path(run_dir) / SNAPSHOT_DIR).glob("snapshot_*.keras"))  # not a temporary .tmp-<pid>-snapshot_..
 
 
 def is_model_directory(directory) -> bool:

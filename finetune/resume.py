@@ -3,8 +3,8 @@
 A finished run (its metrics.json, written last, is there) is never trained over without
 `overwrite`: then its files are removed first, metrics.json last, so that a kill in between still
 leaves a folder that reads as finished. An unfinished one (killed mid-way) is trained again in place:
-its decoded images and features are cached, and `keras.callbacks.BackupAndRestore` resumes the
-finetuning from the last finished epoch.
+its decoded images and features are cached, and `finetune.checkpoint` resumes the finetuning from
+the last finished epoch (with `overwrite` it starts afresh).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from finetune.files import (
     SKIPPED_FILE,
     SNAPSHOT_DIR,
     TENSORBOARD_DIR,
+    remove_stale_temporaries,
 )
 
 # A run's files, removed by `overwrite`: metrics.json, the mark of a finished run, goes last.
@@ -47,13 +48,17 @@ def is_unfinished(run_dir: Path) -> bool:
 def check_out(out, *, overwrite: bool) -> str:
     """'new', 'resume' or 'overwrite' for the folder `out`; refuses a finished run's folder without `overwrite`.
 
-    With `overwrite`, the finished run's files are removed (nothing else in the folder is touched).
+    With `overwrite`, the run's files (finished or not: an unfinished one then starts afresh) are
+    removed, and nothing else in the folder is touched.
     """
     if not out:
         return "new"
     run_dir = Path(out)
-    if not is_finished(run_dir):
-        return "resume" if is_unfinished(run_dir) else "new"
+    if not is_finished(run_dir) and not is_unfinished(run_dir):
+        return "new"
+    if not is_finished(run_dir) and not overwrite:
+        remove_stale_temporaries(run_dir, own=True)  # what the killed run was writing: never renamed into place
+        return "resume"
     if not overwrite:
         raise FinetuneError(
             f"{run_dir} holds a finished run (its {METRICS_FILE} is written), which training would replace. Pass "
@@ -65,4 +70,5 @@ def check_out(out, *, overwrite: bool) -> str:
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
             path.unlink()
+    remove_stale_temporaries(run_dir, own=True)
     return "overwrite"

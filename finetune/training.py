@@ -108,7 +108,7 @@ def _callbacks(model, backbone, spec, groups: int, *, schedule: _Schedule, confi
     import keras
 
     from finetune import callbacks as finetune_callbacks
-    from finetune.checkpoint import ResumeCheckpoint
+    from finetune.checkpoint import ResumeCheckpoint, initial_epoch
 
     guard = finetune_callbacks.DivergenceGuard(num_classes=int(model.output_shape[-1]))
     ratio_monitor = finetune_callbacks.UpdateRatioMonitor.for_freeze_groups(model, backbone, spec, groups)
@@ -116,7 +116,8 @@ def _callbacks(model, backbone, spec, groups: int, *, schedule: _Schedule, confi
         guard,
         finetune_callbacks.LearningRateLogger(),
         ratio_monitor,  # before the CSV logger, so that its ratios reach history.csv
-        finetune_callbacks.AtomicCSVLogger(str(run_dir / HISTORY_FILE), append=True),
+        # A resumed fit drops the rows the killed run wrote after its last checkpoint: each epoch once.
+        finetune_callbacks.AtomicCSVLogger(str(run_dir / HISTORY_FILE), append=True, from_epoch=initial_epoch(run_dir)),
     ]
     snapshot_saver = None
     if config.snapshots >= 2:
@@ -130,7 +131,7 @@ def _callbacks(model, backbone, spec, groups: int, *, schedule: _Schedule, confi
         callbacks.insert(1, early_stopping)
     # A killed run started again with the same --out resumes from the last finished epoch, early
     # stopping's state included; after every callback whose state it saves.
-    callbacks.append(ResumeCheckpoint(run_dir, early_stopping))
+    callbacks.append(ResumeCheckpoint(run_dir, early_stopping, guard))
     if config.tensorboard:  # last, so that the rate and the update ratios are in the logs it writes
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / TENSORBOARD_DIR)))
     return callbacks, guard, ratio_monitor, snapshot_saver
@@ -164,7 +165,8 @@ def run_stages(model, backbone, spec, groups: int, *, config: TrainConfig, train
     pretrained = not zoo.is_random_initialisation(config.model.weights)
     unfrozen = unfreeze_top_groups(backbone, spec, groups, pretrained=pretrained)
     recipe = finetuning_recipe(config, train_split.labels, int(model.output_shape[-1]))
-    inputs = _inputs(model, train_split, val_split, config, recipe, start_epoch=initial_epoch(run_dir))
+    resumed_from = initial_epoch(run_dir)
+    inputs = _inputs(model, train_split, val_split, config, recipe, start_epoch=resumed_from)
     schedule = _schedule(config, len(train_split.labels), recipe.epochs)
     multiplier = config.backbone_learning_rate_multiplier if pretrained else 1.0
     optimizer = DiscriminativeAdam(slow_variables=backbone.trainable_variables, slow_multiplier=multiplier,
@@ -199,7 +201,9 @@ def run_stages(model, backbone, spec, groups: int, *, config: TrainConfig, train
     return {
         "unfrozen_groups": groups,
         "unfrozen_layers": len(unfrozen),
-        "epochs_run": len(history.history.get("loss", [])),
+        # With a resumed fit, the epochs the interrupted run trained too.
+        "epochs_run": resumed_from + len(history.history.get("loss", [])),
+        "resumed_at_epoch": resumed_from or None,
         "schedule": schedule.name,
         "warmup_epochs": schedule.warmup_epochs,
         "augment": augment.describe(recipe.augment, **recipe.augment_options),

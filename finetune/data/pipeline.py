@@ -7,6 +7,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from finetune.errors import FinetuneError
@@ -104,14 +106,16 @@ def make_dataset(images, labels, batch_size: int, shuffle: bool, seed: int, augm
 
 
 def _epochs(count: int, batch_size: int, shuffle: bool, seed: int, start_epoch: int):
-    """Batches of indices, epoch after epoch from `start_epoch`: epoch e shuffled by (seed, e), statelessly."""
+    """Batches of indices, epoch after epoch, from `start_epoch`: the seeded reshuffles of an uninterrupted run.
+
+    One iterator runs through the epochs (Keras keeps it when given `steps_per_epoch`), each a new
+    shuffle of the same seeded sequence; a resumed run skips the index batches of the epochs done,
+    which costs no image loading.
+    """
     import tensorflow as tf
 
-    def epoch_batches(epoch):
-        order = tf.range(count, dtype=tf.int64)
-        if shuffle:
-            key = tf.stack([tf.constant(int(seed) & 0x7FFFFFFF, tf.int64), epoch])
-            order = tf.random.experimental.stateless_shuffle(order, seed=key)
-        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
-
-    return tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch_batches)
+    dataset = tf.data.Dataset.range(count)
+    if shuffle:
+        dataset = dataset.shuffle(max(1, count), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size).repeat()
+    return dataset.skip(start_epoch * math.ceil(count / batch_size))

@@ -35,6 +35,7 @@ from finetune.files import (
     SNAPSHOT_DIR,
     atomic_write_json,
     library_versions,
+    remove_stale_temporaries,
     save_model_atomic,
     snapshot_paths,
 )
@@ -235,6 +236,7 @@ def export_ensemble(
     reference = np.asarray(ensemble.predict(images, batch_size=32, verbose=0))
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out.parent, recursive=False)  # an export killed mid-way left its folder
     temporary = out.with_name(f".tmp-export-{os.getpid()}-{out.name}")
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir()

@@ -127,9 +127,11 @@ def finetune_trial(shared: SearchData, config, *, run_dir, callbacks=(), max_per
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     data = dataclasses.replace(data, run_dir=run_dir)
-    result = fit_strategy(shared.plan, shared.backbone, shared.spec, data=data, features=features, config=config,
-                          callbacks=callbacks)
-    remove_backup(run_dir)  # the trial ran to its end (or was pruned): nothing to resume
+    try:
+        result = fit_strategy(shared.plan, shared.backbone, shared.spec, data=data, features=features, config=config,
+                              callbacks=callbacks)
+    finally:
+        remove_backup(run_dir)  # a trial is never resumed: a killed one runs again from the start
     finetuned = result.stages["finetune"]
     return {
         "value": float(finetuned["val_accuracy"]),

@@ -89,26 +89,54 @@ def test_a_run_killed_with_sigkill_mid_finetuning_resumes_and_ends_as_the_uninte
 
     mine, theirs = (json.loads((folder / "metrics.json").read_text()) for folder in (killed, whole))
     assert mine["stages"]["finetune"]["kept"] and theirs["stages"]["finetune"]["kept"]
-    assert mine["stages"]["finetune"]["epochs_run"] < theirs["stages"]["finetune"]["epochs_run"] or epoch_at_kill == 0
+    assert mine["stages"]["finetune"]["resumed_at_epoch"] == epoch_at_kill  # resumed there, not from the start
+    assert mine["stages"]["finetune"]["epochs_run"] == theirs["stages"]["finetune"]["epochs_run"]
     assert mine["test_accuracy"] == theirs["test_accuracy"] and mine["val_accuracy"] == theirs["val_accuracy"]
     history = [line.split(",")[0] for line in (killed / "history.csv").read_text().splitlines()]
     assert history == [line.split(",")[0] for line in (whole / "history.csv").read_text().splitlines()]  # each epoch once
     images = np.stack([np.asarray(Image.open(path).convert("RGB")) for path in sorted((data / "test").glob("*/*.png"))])
     assert np.allclose(finetune.load_run(killed).model.predict(images, verbose=0),
                        finetune.load_run(whole).model.predict(images, verbose=0), atol=1e-5)
+    print(f"killed after epoch {epoch_at_kill}; uninterrupted: {theirs['stages']['finetune']['epochs_run']} epochs, "
+          f"val {theirs['val_accuracy']:.4f}, test {theirs['test_accuracy']:.4f}; resumed: "
+          f"{mine['stages']['finetune']['epochs_run'] - epoch_at_kill} more epochs, val {mine['val_accuracy']:.4f}, "
+          f"test {mine['test_accuracy']:.4f}")
     assert not (killed / "backup").exists()  # removed once the run is finished
     assert [name for name in _run_files(killed) if ".tmp" in name] == []  # no half-written file anywhere
+
+    # Killed while writing model.keras: its temporary file is whole, the rename never happens.
+    dying = tmp_path / "dying"
+    script = ("import os, signal, sys\n"
+              "import finetune.finish as finish\n"
+              "def save(model, path):\n"
+              "    model.save(path.with_name(f'.tmp-{os.getpid()}-{path.name}'))\n"
+              "    os.kill(os.getpid(), signal.SIGKILL)\n"
+              "finish.save_model_atomic = save\n"
+              "from finetune.cli import main\n"
+              "sys.exit(main(sys.argv[1:]))\n")
+    writing = subprocess.run([sys.executable, "-c", script, "train", str(data), *options, "--out", str(dying), "--quiet"],
+                             timeout=300)
+    assert writing.returncode == -signal.SIGKILL and not (dying / "model.keras").exists()
+    assert [name for name in _run_files(dying) if name.startswith(".tmp-")]  # what it was writing
+    again = subprocess.run([*command, "--out", str(dying)], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    finished = json.loads((dying / "metrics.json").read_text())["stages"]["finetune"]
+    assert finished["resumed_at_epoch"] == finished["epochs_run"] == theirs["stages"]["finetune"]["epochs_run"]  # none again
+    assert np.allclose(finetune.load_run(dying).model.predict(images, verbose=0),
+                       finetune.load_run(whole).model.predict(images, verbose=0), atol=1e-5)
+    assert [name for name in _run_files(dying) if ".tmp" in name] == [] and not (dying / "backup").exists()
 
 
 def test_early_stopping_keeps_its_patience_and_best_weights_across_a_resume(tmp_path):
     import keras
     import numpy as np
 
+    from finetune.callbacks import DivergenceGuard
     from finetune.checkpoint import ResumeCheckpoint, initial_epoch
 
     x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
     y = (x[:, 0] > 0).astype("int64")
-    seen = {}
+    seen, guards = {}, []
 
     class Look(keras.callbacks.Callback):  # what early stopping holds once training (re)starts
         def __init__(self, stopping):
@@ -116,21 +144,24 @@ def test_early_stopping_keeps_its_patience_and_best_weights_across_a_resume(tmp_
             self.stopping = stopping
 
         def on_train_begin(self, logs=None):
-            seen.update(best=self.stopping.best, wait=self.stopping.wait, weights=self.stopping.best_weights)
+            seen.update(best=self.stopping.best, wait=self.stopping.wait, weights=self.stopping.best_weights,
+                        initial_loss=guards[-1].initial_loss)
 
     def fit(epochs):
         keras.utils.set_random_seed(0)
         model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
         model.compile(keras.optimizers.Adam(0.05), "sparse_categorical_crossentropy")
         stopping = keras.callbacks.EarlyStopping(monitor="loss", patience=50, restore_best_weights=True)
+        guards.append(DivergenceGuard(num_classes=2))
         model.fit(x, y, epochs=epochs, shuffle=False, verbose=0,
-                  callbacks=[stopping, ResumeCheckpoint(tmp_path, stopping), Look(stopping)])
+                  callbacks=[guards[-1], stopping, ResumeCheckpoint(tmp_path, stopping, guards[-1]), Look(stopping)])
         return stopping, model
 
     first, model = fit(3)
     assert initial_epoch(tmp_path) == 3
     fit(5)  # starts again at epoch 3 of 5, as a killed run started again would
     assert seen["best"] == first.best and seen["wait"] == first.wait
+    assert seen["initial_loss"] == guards[0].initial_loss is not None  # the divergence guard's reference loss too
     assert all(np.array_equal(a, b) for a, b in zip(seen["weights"], first.best_weights))
     assert sorted(path.name for path in (tmp_path / "backup").iterdir()) == ["best-5.weights.h5", "epoch-5.weights.h5",
                                                                             "state.json"]
@@ -146,3 +177,70 @@ def test_a_linear_head_that_beats_finetuning_is_put_on_the_backbone_its_features
     finetuned = run.metrics["stages"]["finetune"]
     assert finetuned["replaced_by"] == "multistage_linear", "the setting no longer has the linear head win"
     assert run.metrics["val_accuracy"] == pytest.approx(finetuned["linear_rival"]["val_accuracy"])
+
+
+def test_what_a_killed_process_was_writing_is_removed_and_a_live_ones_is_not(tmp_path):
+    import os
+    import subprocess
+
+    from finetune.files import remove_stale_temporaries
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid no longer running: what it left is stale
+    (tmp_path / "backup").mkdir()
+    stale = [tmp_path / f".tmp-{gone.pid}-model.keras", tmp_path / "backup" / f".tmp-{gone.pid}-epoch-3.weights.h5"]
+    for path in stale:
+        path.write_text("half")
+    (tmp_path / f".tmp-export-{gone.pid}-exported").mkdir()
+    other = subprocess.Popen(["sleep", "60"])  # a process still writing
+    mine = tmp_path / f".tmp-{os.getpid()}-config.json"  # this process's own write in progress
+    try:
+        live = tmp_path / f".tmp-{other.pid}-metrics.json"
+        live.write_text("{}")
+        mine.write_text("{}")
+        (tmp_path / "labels.json").write_text("[]")
+        removed = remove_stale_temporaries(tmp_path)
+        assert sorted(removed) == sorted([*stale, tmp_path / f".tmp-export-{gone.pid}-exported"])
+        assert sorted(path.name for path in tmp_path.rglob("*")) == sorted(["backup", "labels.json", live.name, mine.name])
+        # A killed run's folder, started again: its leftovers go before it resumes, this process's pid included
+        # (after a restart a container's process often has the pid the killed one had).
+        stale[0].write_text("half")
+        assert check_out(tmp_path, overwrite=False) == "resume"
+        assert not stale[0].exists() and not mine.exists() and live.exists()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_resumed_history_drops_the_rows_written_after_the_last_checkpoint(tmp_path):
+    """Killed after history.csv got epoch 2's row but before epoch 2's checkpoint: the resumed fit redoes epoch 2."""
+    from finetune.callbacks import AtomicCSVLogger
+
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,loss\r\n0,0.9\r\n1,0.7\r\n2,0.6\r\n", newline="")
+    logger = AtomicCSVLogger(str(path), append=True, from_epoch=2)
+    import keras
+
+    logger.set_model(keras.Sequential())
+    logger.on_train_begin()
+    logger.on_epoch_end(2, {"loss": 0.55})
+    assert [line.split(",")[0] for line in path.read_text().splitlines()] == ["epoch", "0", "1", "2"]
+    assert path.read_text().splitlines()[-1].startswith("2,0.55")  # the new epoch 2, once
+
+
+def test_a_resumed_snapshot_ensemble_keeps_the_members_the_interrupted_run_saved(tmp_path):
+    import keras
+
+    from finetune.callbacks import SnapshotSaver
+
+    saver = SnapshotSaver(tmp_path / "snapshots", cycle_epochs=2, offset_epochs=1)
+    (tmp_path / "snapshots").mkdir()
+    for cycle in (1, 2):  # saved by the killed run, after epochs 3 and 5
+        saver.snapshot_path(cycle).write_text("a model")
+    (tmp_path / "snapshots" / ".tmp-1-snapshot_03.keras").write_text("half")  # its write in progress: no member
+    model = keras.Sequential()
+    model._initial_epoch = 5  # where the checkpoint resumes it: 3 cycles of 2 after 1 warmup epoch, 2 done
+    saver.set_model(model)
+    saver.on_train_begin()
+    saver.on_train_end()  # nothing left to train in this process
+    assert saver.saved == [saver.snapshot_path(1), saver.snapshot_path(2)]
