@@ -57,7 +57,7 @@ def main() -> None:
                 print(rows[-1], [result.problem for result in results if not result.ok], flush=True)
         save_results("app_load", rows, list(rows[0]),
                      notes=f"Run: {run.directory.name} ({run.config['model']['backbone']}, {run.image_size} px, "
-                           f"TTA none). Each session a Chromium context (one browser, Playwright's asyncio API) "
+                           f"TTA none). Each session a Chromium page (one browser, Playwright's asyncio API) "
                            "uploading one image; seconds from the upload to its answer on the page; the memory is the "
                            "Streamlit server's peak so far (VmHWM), after the 1-session row and then after all.")
     finally:
