@@ -121,7 +121,7 @@ def test_learning_rate_range_test_suggests_a_rate_and_plots(recipe, tmp_path):
 @pytest.mark.slow
 def test_cli_check_prints_each_check(tmp_path, capsys):
     data = write_image_folder(tmp_path / "data", classes=("cat", "dog"), per_class=12, size=32)
-    code = main(["check", str(data), *TINY, "--subset-size", "10", "--range-steps", "15", "--overfit-epochs", "30", "--out", str(tmp_path / "check")])
+    code = main(["check", str(data), *TINY, "--subset-size", "10", "--range-steps", "8", "--overfit-epochs", "10", "--out", str(tmp_path / "check")])
     printed = capsys.readouterr().out
     assert code in (0, 1)
     for name in ("initial_loss", "overfit_subset", "learning_rate_range"):
