@@ -26,7 +26,7 @@ import keras
 import numpy as np
 
 from finetune.errors import FinetuneError
-from finetune.files import BACKUP_DIR, TEMPORARY_PREFIX, atomic_write_json, temporary_path, write_error
+from finetune.files import BACKUP_DIR, TEMPORARY_PREFIX, atomic_write_json, save_weights_atomic, temporary_path
 
 STATE_FILE = "state.json"
 
@@ -49,17 +49,6 @@ def initial_epoch(run_dir) -> int:
 
 def remove_backup(run_dir) -> None:
     shutil.rmtree(Path(run_dir) / BACKUP_DIR, ignore_errors=True)
-
-
-def _save_weights_atomic(model, path: Path) -> None:
-    temporary = temporary_path(path)  # still ends in .weights.h5, as Keras asks
-    try:
-        model.save_weights(temporary)
-        os.replace(temporary, path)
-    except OSError as error:
-        raise write_error(path, error) from None
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _seed_states(model) -> list:
@@ -129,7 +118,7 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         self.directory.mkdir(parents=True, exist_ok=True)
         previous = read_state(self.directory.parent) or {}
         weights = f"epoch-{epoch + 1}.weights.h5"
-        _save_weights_atomic(self.model, self.directory / weights)
+        save_weights_atomic(self.model, self.directory / weights)
         state = {"epoch": epoch + 1, "weights": weights, "stopped": bool(self.model.stop_training),
                  "last_epoch": int(self.params.get("epochs", epoch + 1)),
                  "seeds": [np.asarray(variable).tolist() for variable in _seed_states(self.model)]}

@@ -148,11 +148,20 @@ def save_model_atomic(model, path: Path) -> None:
     As `atomic_write_text`: an `OSError` (a full disk, no permission) raises a `FinetuneError`
     naming `path`, and an earlier file at `path` is left as it was.
     """
-    path = Path(path)
-    temporary = temporary_path(path)
+    _write_through_temporary(Path(path), model.save)
+
+
+def save_weights_atomic(model, path: Path) -> None:
+    """`model.save_weights` to `path` (a .weights.h5 file) as `save_model_atomic` saves models."""
+    _write_through_temporary(Path(path), model.save_weights)
+
+
+def _write_through_temporary(path: Path, write) -> None:
+    """`write(temporary)`, then the rename onto `path`; an `OSError` is a `FinetuneError` naming `path`."""
+    temporary = temporary_path(path)  # keeps the suffix (.keras, .weights.h5) Keras decides the format by
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        model.save(temporary)
+        write(temporary)
         os.replace(temporary, path)
     except OSError as error:
         raise write_error(path, error) from None
