@@ -242,6 +242,9 @@ def main() -> None:
     if not files:
         st.info("Upload images or pick samples to see what the model predicts.")
         return
+    files, left_out = uploads.first_files(files, uploads.max_files_from(os.environ))
+    if left_out:
+        st.warning(left_out)
     results = []
     with st.spinner(f"Predicting {len(files)} image{'s' if len(files) > 1 else ''}..."):
         for name, data in files:

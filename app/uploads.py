@@ -25,6 +25,9 @@ from finetune.config import DataConfig
 MAX_UPLOAD_VARIABLE = "FINETUNE_APP_MAX_UPLOAD_MB"
 # Per file. Streamlit's own limit (server.maxUploadSize, 200 MB) is higher: this one gives our message.
 DEFAULT_MAX_UPLOAD_MEGABYTES = 20.0
+MAX_FILES_VARIABLE = "FINETUNE_APP_MAX_FILES"
+# Per submission: each image costs a prediction (about 0.1 s to 2 s here), shared by every session.
+DEFAULT_MAX_FILES = 100
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "finetune" / "sample_data" / "textures" / "test"
 # Decoded uploads are kept this small for display; the model sees its own size.
 DISPLAY_SIZE = 384
@@ -38,6 +41,26 @@ def max_upload_bytes_from(environ) -> int:
     except ValueError:
         megabytes = DEFAULT_MAX_UPLOAD_MEGABYTES
     return int(max(megabytes, 0.001) * 1e6)
+
+
+def max_files_from(environ) -> int:
+    """The images predicted per submission: $FINETUNE_APP_MAX_FILES, else 100."""
+    try:
+        return max(1, int(environ.get(MAX_FILES_VARIABLE) or DEFAULT_MAX_FILES))
+    except ValueError:
+        return DEFAULT_MAX_FILES
+
+
+def first_files(files: list, max_files: int) -> tuple[list, str | None]:
+    """The first `max_files` of `files`, and a message naming the ones left out (None when none is)."""
+    if len(files) <= max_files:
+        return files, None
+    left_out = [name for name, _ in files[max_files:]]
+    shown = ", ".join(left_out[:3]) + (f" and {len(left_out) - 3} more" if len(left_out) > 3 else "")
+    return files[:max_files], (
+        f"{len(files)} images is over the limit of {max_files} per submission: the first {max_files} are predicted, "
+        f"not {shown}. Remove some uploads, or start the app with {MAX_FILES_VARIABLE} set higher."
+    )
 
 
 @dataclasses.dataclass

@@ -276,7 +276,8 @@ def run_command(arguments) -> int:
     elif arguments.command == "check-data":
         from finetune.health import format_health_report, health_report
 
-        report = health_report(arguments.data_dir, arguments.val_fraction, arguments.seed, arguments.max_megapixels)
+        report = health_report(arguments.data_dir, arguments.val_fraction, arguments.seed, arguments.max_megapixels,
+                               max_files=arguments.max_files)
         print(json.dumps(report, indent=2, default=str) if arguments.json else format_health_report(report))
         return 1 if report["problems"] else 0  # scripts can stop before training: `check-data DIR && train DIR`
     elif arguments.command == "app":

@@ -50,9 +50,11 @@ def _add_val_fraction(parser: argparse.ArgumentParser) -> None:
                         help="validation share when there is no val/ folder (default: %(default)s)")
 
 
-def _add_max_megapixels(parser: argparse.ArgumentParser) -> None:
+def _add_input_bounds(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-megapixels", type=float, default=DataConfig.max_megapixels,
                         help="skip larger images (decompression bombs) (default: %(default)s)")
+    parser.add_argument("--max-files", type=int, default=DataConfig.max_files,
+                        help="stop listing a data folder past this many files (default: %(default)s)")
 
 
 def _add_seed(parser: argparse.ArgumentParser) -> None:
@@ -120,7 +122,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--held-out-val-per-class", type=int, default=TrainConfig.held_out_val_per_class,
                         help="with this many validation images in every class, linear heads are not refit on them, so "
                              "the validation figures stay an honest estimate (default: %(default)s)")
-    _add_max_megapixels(parser)
+    _add_input_bounds(parser)
     parser.add_argument("--no-cache", action="store_true", help="do not cache decoded images on disk")
     _add_seed(parser)
     parser.add_argument("--out", default=TrainConfig.out, help="run directory (default: models/<data>-<backbone>-<time>)")
@@ -214,7 +216,7 @@ def add_check_data_and_policy_commands(commands) -> None:
     )
     check.add_argument("data_dir", metavar="DATA_DIR")
     _add_val_fraction(check)
-    _add_max_megapixels(check)
+    _add_input_bounds(check)
     _add_seed(check)
     check.add_argument("--json", action="store_true")
 
@@ -300,6 +302,7 @@ def data_config(arguments, source: str) -> DataConfig:
         val_fraction=arguments.val_fraction,
         image_size=getattr(arguments, "image_size", DataConfig.image_size),
         max_megapixels=getattr(arguments, "max_megapixels", DataConfig.max_megapixels),
+        max_files=getattr(arguments, "max_files", DataConfig.max_files),
         cache=not getattr(arguments, "no_cache", not DataConfig.cache),
     )
 

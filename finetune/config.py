@@ -54,6 +54,9 @@ class DataConfig:
     size_margin: float = 0.01
     # Images larger than this many megapixels are skipped as possible decompression bombs.
     max_megapixels: float = 89.0
+    # Listing a data folder stops with an error past this many files: a folder that is a whole disk
+    # by mistake would otherwise be listed for hours. Ten times the largest folder tried here.
+    max_files: int = 1_000_000
     # Keep decoded, resized images on disk so later epochs and later runs do not decode again.
     cache: bool = True
 

@@ -350,7 +350,7 @@ def run_checks(
     checks = checks or CheckConfig()
     spec = zoo.get_spec(model.backbone)
     image_size = data.image_size or spec.default_image_size
-    source = data_module.discover(data.source, data.val_fraction, seed)
+    source = data_module.discover(data.source, data.val_fraction, seed, max_files=data.max_files)
     train = data_module.load_split(source, "train", image_size, data.max_megapixels, cache=data.cache, verbose=verbose)
     if len(train.labels) == 0:
         raise FinetuneError(f"No readable training images in {data.source}; run `finetune check-data {data.source}`.")

@@ -36,6 +36,8 @@ def health_report(
     val_fraction: float = DataConfig.val_fraction,
     seed: int = 0,
     max_megapixels: float = DataConfig.max_megapixels,
+    *,
+    max_files: int = DataConfig.max_files,
 ) -> dict:
     """Decodes every image of a data source and reports on it.
 
@@ -46,6 +48,8 @@ def health_report(
         seed: as in training. Defaults to 0.
         max_megapixels: larger images are reported as skipped. Defaults to
             `DataConfig.max_megapixels` (89).
+        max_files: listing stops with an error past this many files. Defaults to
+            `DataConfig.max_files`.
 
     Returns:
         A JSON-ready dict: source, name, presplit, class_names, counts ({split: {class: readable
@@ -58,10 +62,11 @@ def health_report(
         the fix).
 
     Raises:
-        FinetuneError: the data source cannot be listed (see `discover`; an empty class folder
-            is a problem of the report instead).
+        FinetuneError: the data source cannot be listed (see `discover`; an empty class folder,
+            fewer than two classes and split folders with different classes are problems of the
+            report instead).
     """
-    data = discover(source, val_fraction=val_fraction, seed=seed, keep_problems=True)
+    data = discover(source, val_fraction=val_fraction, seed=seed, keep_problems=True, max_files=max_files)
     readable, skipped = _inspect_splits(data, max_megapixels)
     counts = {split_name: {name: 0 for name in data.class_names} for split_name in data.splits}
     for split_name, _, label, _ in readable:
@@ -80,7 +85,7 @@ def health_report(
         "class_names": list(data.class_names),
         "counts": counts,
         "totals": {split_name: sum(by_class.values()) for split_name, by_class in counts.items()},
-        "imbalance_ratio": float(train_counts.max() / train_counts.min()) if train_counts.min() > 0 else None,
+        "imbalance_ratio": float(train_counts.max() / train_counts.min()) if train_counts.size and train_counts.min() > 0 else None,
         "class_weight_threshold": CLASS_WEIGHT_THRESHOLD,
         "class_weights_apply": weights is not None,
         "class_weights": {data.class_names[k]: v for k, v in weights.items()} if weights else None,

@@ -171,7 +171,7 @@ def prepare_data(config: TrainConfig, spec, *, source=None, image_size: int | No
 
     image_size = image_size or config.data.image_size or spec.default_image_size
     if source is None:
-        source = data_module.discover(config.data.source, config.data.val_fraction, config.seed)
+        source = data_module.discover(config.data.source, config.data.val_fraction, config.seed, max_files=config.data.max_files)
     run_dir = Path(config.out) if config.out else default_run_dir(source.name, spec.name)
     run_dir.mkdir(parents=True, exist_ok=True)
     log(config, f"Run directory: {run_dir}")
@@ -390,7 +390,7 @@ def train(config: TrainConfig):
     from finetune import data as data_module
 
     spec = zoo.get_spec(config.model.backbone)
-    source = data_module.discover(config.data.source, config.data.val_fraction, config.seed)
+    source = data_module.discover(config.data.source, config.data.val_fraction, config.seed, max_files=config.data.max_files)
     prepared = prepare_run(config, spec, source)
     result = fit_strategy(prepared.plan, prepared.backbone, spec, data=prepared.data, features=prepared.features,
                           config=config)

@@ -271,7 +271,7 @@ def measure(data: DataConfig, model: ModelConfig, policy: PolicyConfig | None = 
                             f"Received: data.source={data.source!r}")
     policy = policy or PolicyConfig()
     spec = zoo.get_spec(model.backbone)
-    source = data_module.discover(data.source, data.val_fraction, seed)
+    source = data_module.discover(data.source, data.val_fraction, seed, max_files=data.max_files)
     # The size training would use: the requested one, or the one it would choose (finetune.input_size).
     choice = resolve_image_size(source, spec, TrainConfig(data=data, model=model, policy=policy,
                                                           batch_size=batch_size, seed=seed, verbose=verbose))

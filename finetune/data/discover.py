@@ -29,7 +29,12 @@ SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "
 
 
 def discover(
-    source: str, val_fraction: float = DataConfig.val_fraction, seed: int = 0, *, keep_problems: bool = False
+    source: str,
+    val_fraction: float = DataConfig.val_fraction,
+    seed: int = 0,
+    *,
+    keep_problems: bool = False,
+    max_files: int = DataConfig.max_files,
 ) -> DataSource:
     """Lists a data source and splits it into train/val (and test when the source has one).
 
@@ -41,20 +46,42 @@ def discover(
             Defaults to `DataConfig.val_fraction` (0.2).
         seed: the split depends on it and on the file names only (not on listing order).
             Defaults to 0.
-        keep_problems: list an empty class folder in `DataSource.problems` (its class then has
-            no images) instead of raising, so that a health report can say everything at once.
-            Defaults to False: training cannot learn a class without images.
+        keep_problems: list what would stop training in `DataSource.problems` instead of
+            raising, so that a health report can say everything at once: an empty class folder
+            (its class then has no images), fewer than two classes, split folders whose classes
+            differ (the classes are then the union of theirs). Defaults to False.
+        max_files: listing stops with an error past this many files (a data folder pointed at a
+            whole disk by mistake). Defaults to `DataConfig.max_files`.
 
     Raises:
-        FinetuneError: a missing folder, a file, fewer than two classes, an empty class folder
-            (unless `keep_problems`), or split folders whose classes differ.
+        FinetuneError: a missing folder, a file, more than `max_files` files, and unless
+            `keep_problems`, fewer than two classes, an empty class folder, or split folders
+            whose classes differ.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise FinetuneError(f"`val_fraction` must be at least 0 and below 1. Received: val_fraction={val_fraction!r}")
     source = str(source)
     if source.startswith(TFDS_PREFIX):
         return discover_tfds(source, val_fraction, seed)
-    return _discover_folder(source, val_fraction, seed, keep_problems)
+    if max_files < 1:
+        raise FinetuneError(f"`max_files` must be at least 1. Received: max_files={max_files!r}")
+    return _discover_folder(source, val_fraction, seed, keep_problems, FileCount(Path(source).expanduser(), max_files))
+
+
+class FileCount:
+    """The files listed so far under `root`, and the bound past which listing stops with an error."""
+
+    def __init__(self, root: Path, limit: int):
+        self.root, self.limit, self.count = root, limit, 0
+
+    def add(self, count: int, where) -> None:
+        self.count += count
+        if self.count > self.limit:
+            raise FinetuneError(
+                f"{self.root} holds more than {self.limit:,} files (listing stopped at {where}). The bound guards "
+                f"against a data folder that is a whole disk by mistake. Point at the folder of your images, or raise "
+                f"the bound with --max-files (DataConfig.max_files)."
+            )
 
 
 def list_images(folder) -> list[Path]:
@@ -72,17 +99,21 @@ def list_images(folder) -> list[Path]:
     return walk_files(folder)
 
 
-def walk_files(folder: Path) -> list[Path]:
+def walk_files(folder: Path, count: FileCount | None = None) -> list[Path]:
     """Every non-hidden file under `folder`, sorted by path so that the order is the same everywhere.
 
     Links to folders are not followed (a link to a folder above it would never end) but listed, so
-    that decoding reports them as skipped rather than their images going missing unsaid.
+    that decoding reports them as skipped rather than their images going missing unsaid. With a
+    `count`, each folder's files are added to it as they are listed (it raises past its bound).
     """
     found = []
     for directory, subdirectories, files in os.walk(folder):
         subdirectories[:] = [name for name in subdirectories if not _is_ignored(name)]
         links = [name for name in subdirectories if os.path.islink(os.path.join(directory, name))]
-        found += [Path(directory) / name for name in files + links if not _is_ignored(name)]
+        listed = [Path(directory) / name for name in files + links if not _is_ignored(name)]
+        if count is not None:
+            count.add(len(listed), directory)
+        found += listed
     return sorted(found, key=lambda path: path.as_posix())
 
 
@@ -94,7 +125,7 @@ def _subfolders(folder: Path) -> list[Path]:
     return sorted(entry for entry in folder.iterdir() if entry.is_dir() and not _is_ignored(entry.name))
 
 
-def _discover_folder(source: str, val_fraction: float, seed: int, keep_problems: bool) -> DataSource:
+def _discover_folder(source: str, val_fraction: float, seed: int, keep_problems: bool, count: FileCount) -> DataSource:
     root = Path(source).expanduser()
     layout_help = f"Expected {root}/<class name>/<images>, e.g. {root}/cat/1.jpg and {root}/dog/1.jpg."
     if not root.exists():
@@ -107,10 +138,10 @@ def _discover_folder(source: str, val_fraction: float, seed: int, keep_problems:
     }
     problems = [] if keep_problems else None
     if "train" in split_folders:
-        class_names, splits, skipped = _list_split_folders(root, split_folders, problems)
+        class_names, splits, skipped = _list_split_folders(root, split_folders, problems, count)
         presplit = True
     else:
-        class_names, split, skipped = _list_classes(root, problems)
+        class_names, split, skipped = _list_classes(root, problems, count)
         splits = {"train": split}
         presplit = False
     if "val" not in splits and val_fraction > 0:
@@ -127,36 +158,50 @@ def _discover_folder(source: str, val_fraction: float, seed: int, keep_problems:
 
 
 def _list_split_folders(
-    root: Path, split_folders: dict[str, Path], problems: list | None
+    root: Path, split_folders: dict[str, Path], problems: list | None, count: FileCount
 ) -> tuple[list[str], dict[str, Split], list[dict]]:
-    """The classes, splits and skipped files of train/ (and val/, test/), which must hold the same classes."""
-    class_names, splits, skipped = None, {}, []
+    """The classes, splits and skipped files of train/ (and val/, test/), which must hold the same classes.
+
+    With a `problems` list, split folders whose classes differ are a problem, and the classes are
+    the union of theirs (each split's labels renumbered into it), so that every image is counted.
+    """
+    listed, skipped = {}, []
     for split_name in ("train", "val", "test"):
-        if split_name not in split_folders:
-            continue
-        names, split, split_skipped = _list_classes(split_folders[split_name], problems)
-        skipped += split_skipped
-        if class_names is None:
-            class_names = names
-        elif names != class_names:
-            raise FinetuneError(
-                _class_mismatch_message(root, split_folders["train"], class_names, split_folders[split_name], names)
-            )
-        splits[split_name] = split
-    return class_names, splits, skipped
+        if split_name in split_folders:
+            names, split, split_skipped = _list_classes(split_folders[split_name], problems, count)
+            skipped += split_skipped
+            listed[split_name] = (names, split)
+    class_names = listed["train"][0]
+    for split_name, (names, _) in listed.items():
+        if names != class_names:
+            message = _class_mismatch_message(root, split_folders["train"], class_names, split_folders[split_name], names)
+            if problems is None:
+                raise FinetuneError(message)
+            problems.append({"path": str(split_folders[split_name]), "problem": message})
+    union = sorted(set().union(*(names for names, _ in listed.values())))
+    splits = {}
+    for split_name, (names, split) in listed.items():
+        renumber = np.array([union.index(name) for name in names] or [0], dtype=np.int64)
+        splits[split_name] = Split(split.paths, renumber[split.labels] if len(split.labels) else split.labels)
+    return union, splits, skipped
 
 
-def _list_classes(folder: Path, problems: list | None = None) -> tuple[list[str], Split, list[dict]]:
+def _list_classes(
+    folder: Path, problems: list | None = None, count: FileCount | None = None
+) -> tuple[list[str], Split, list[dict]]:
     """The class subfolders of `folder` and their files, sorted; zero-byte files are skipped here.
 
-    An empty class folder raises, or with a `problems` list is added to it and kept as a class without images.
+    An empty class folder or fewer than two classes raise, or with a `problems` list are added to
+    it (the empty folder kept as a class without images).
     """
     class_folders = _subfolders(folder)
     if len(class_folders) < 2:
-        raise FinetuneError(_too_few_classes_message(folder, class_folders))
+        if problems is None:
+            raise FinetuneError(_too_few_classes_message(folder, class_folders))
+        problems.append({"path": str(folder), "problem": _too_few_classes_message(folder, class_folders)})
     paths, labels, skipped = [], [], []
     for label, class_folder in enumerate(class_folders):
-        files = walk_files(class_folder)
+        files = walk_files(class_folder, count)
         usable = []
         for path in files:
             if file_size(path) == 0:

@@ -242,7 +242,7 @@ def _start(search: SearchConfig, base: TrainConfig) -> _Search:
     check_search_config(search)
     check_config(base)
     _check_parameters_early(search, base.strategy, LINEAR_STRATEGIES)
-    source = without_test(discover(base.data.source, base.data.val_fraction, base.seed))
+    source = without_test(discover(base.data.source, base.data.val_fraction, base.seed, max_files=base.data.max_files))
     out = Path(search.out) if search.out else default_search_dir(source.name)
     out.mkdir(parents=True, exist_ok=True)
     identity = _identity(base, search)

@@ -170,6 +170,15 @@ def test_bad_files_get_messages_and_the_others_are_still_predicted(colour_models
     assert all(rows[name]["error"] for name in ("notes.jpg", "cut.jpg", "empty.png", "huge.bmp", "bomb.png"))
 
 
+def test_a_submission_over_the_file_limit_predicts_the_first_ones_and_names_the_rest(colour_models_dir, monkeypatch):
+    app = start_app(colour_models_dir, monkeypatch, **{uploads.MAX_FILES_VARIABLE: "2"})
+    upload(app, *[(f"{index}.png", image_bytes("red"), "image/png") for index in range(5)])
+    assert sorted(table(app)) == ["0.png", "1.png"]
+    warning = app.warning[0].value
+    assert "5 images is over the limit of 2" in warning and "2.png, 3.png, 4.png" in warning
+    assert uploads.MAX_FILES_VARIABLE in warning
+
+
 def test_results_download_as_csv(colour_models_dir, monkeypatch):
     app = start_app(colour_models_dir, monkeypatch)
     upload(app, ("tomato.png", image_bytes("red"), "image/png"), ("notes.jpg", b"words", "image/jpeg"))

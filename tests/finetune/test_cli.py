@@ -189,6 +189,16 @@ def test_check_data_reports_counts_and_unreadable_files(tmp_path, capsys):
     assert [item["path"].endswith("broken.png") for item in report["skipped"]] == [True]
 
 
+def test_max_files_bounds_the_listing_of_check_data_and_train(tmp_path, capsys):
+    data = write_image_folder(tmp_path / "photos", classes=("cat", "dog"), per_class=5)
+    assert main(["check-data", str(data), "--max-files", "10"]) == 0
+    capsys.readouterr()
+    for command in (["check-data", str(data)], ["train", str(data), "--out", str(tmp_path / "run"), *TINY]):
+        assert main([*command, "--max-files", "9"]) != 0
+        assert f"{data} holds more than 9 files" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "model.keras").exists()
+
+
 def test_demo_trains_and_tests_on_the_bundled_sample(tmp_path, capsys):
     # The demo's own data on a tiny configuration (make demo runs it with the ImageNet MobileNetV2 at 128 px).
     out = tmp_path / "demo"

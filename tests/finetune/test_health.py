@@ -82,3 +82,18 @@ def test_formatted_report_is_a_readable_table(messy_folder):
 def test_health_report_of_a_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FinetuneError, match="does not exist"):
         health_report(str(tmp_path / "nowhere"))
+
+
+def test_check_data_reports_every_problem_at_once(tmp_path):
+    """Classes that differ between splits, an empty class folder and one class alone: all in one report."""
+    root = tmp_path / "data"
+    write_image_folder(root / "train", classes=("cat", "dog"), per_class=2, size=8)
+    (root / "train" / "emu").mkdir()
+    write_image_folder(root / "val", classes=("cat",), per_class=2, size=8)
+    report = health_report(str(root))
+    paths = sorted(item["path"] for item in report["problems"])
+    assert paths == [str(root / "train" / "emu"), str(root / "val"), str(root / "val")]
+    problems = " ".join(item["problem"] for item in report["problems"])
+    assert "no images" in problems and "at least two class subfolders" in problems and "different classes" in problems
+    assert report["counts"]["val"] == {"cat": 2, "dog": 0, "emu": 0}
+    assert "Problems (" in format_health_report(report)

@@ -118,3 +118,33 @@ def test_an_empty_class_folder_is_an_error(image_folder):
     (image_folder / "bird" / "empty.jpg").write_bytes(b"")
     with pytest.raises(FinetuneError, match="only 1 empty files"):
         discover(str(image_folder))
+
+
+def test_listing_stops_with_a_clear_error_past_max_files(tmp_path):
+    root = write_image_folder(tmp_path / "disk", classes=("cat", "dog"), per_class=3, size=8)
+    data = discover(str(root), max_files=6)
+    assert len(data.splits["train"].paths) + len(data.splits["val"].paths) == 6
+    with pytest.raises(FinetuneError, match="more than 5 files") as error:
+        discover(str(root), max_files=5)
+    assert str(root) in str(error.value) and "--max-files" in str(error.value)
+    with pytest.raises(FinetuneError, match="max_files"):
+        discover(str(root), max_files=0)
+
+
+def test_keep_problems_reports_too_few_classes_and_class_mismatch_instead_of_raising(tmp_path):
+    one = write_image_folder(tmp_path / "one", classes=("cat",), per_class=2, size=8)
+    data = discover(str(one), keep_problems=True)
+    assert data.class_names == ["cat"] and len(data.problems) == 1
+    assert "at least two class subfolders" in data.problems[0]["problem"]
+
+    root = tmp_path / "data"
+    write_image_folder(root / "train", classes=("cat", "dog"), per_class=2, size=8)
+    write_image_folder(root / "val", classes=("bird", "cat"), per_class=3, size=8)
+    data = discover(str(root), keep_problems=True)
+    assert data.class_names == ["bird", "cat", "dog"]
+    assert [problem["path"] for problem in data.problems] == [str(root / "val")]
+    assert "different classes" in data.problems[0]["problem"]
+    for split in data.splits.values():  # every image under the union's label of its own folder
+        for path, label in zip(split.paths, split.labels):
+            assert os.path.basename(os.path.dirname(path)) == data.class_names[label]
+    assert np.bincount(data.splits["val"].labels, minlength=3).tolist() == [3, 3, 0]
