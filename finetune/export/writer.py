@@ -306,10 +306,15 @@ def _sidecar(resolved, format, quantize, tta, check, artefact, image_size) -> di
 
 
 def _replace_directory(new: Path, out: Path) -> None:
-    """Puts `new` at `out`; an earlier export at `out` is swapped out first and then deleted."""
+    """Puts `new` at `out`; an earlier export at `out` is swapped out first and then deleted.
+
+    The swapped-out export is named as a temporary (`.tmp-export-<pid>-old-...`): a process killed
+    between the two renames leaves no export at `out` (the next export writes it anew) and nothing
+    that `remove_stale_temporaries` would not remove.
+    """
     old = None
     if out.exists():
-        old = out.with_name(f".old-export-{os.getpid()}-{out.name}")
+        old = out.with_name(f".tmp-export-{os.getpid()}-old-{out.name}")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(out, old)
     os.replace(new, out)
