@@ -19,7 +19,7 @@ demo: setup
 	$(VENV)/bin/finetune demo
 
 test: setup
-	$(PYTHON) -m pytest -q --durations=15
+	$(PYTHON) -m pytest -q -n 2 --dist loadfile --durations=15
 
 test-fast: setup
 	$(PYTHON) -m pytest -q -m "not slow"
