@@ -181,8 +181,8 @@ def _list_split_folders(
     union = sorted(set().union(*(names for names, _ in listed.values())))
     splits = {}
     for split_name, (names, split) in listed.items():
-        renumber = np.array([union.index(name) for name in names] or [0], dtype=np.int64)
-        splits[split_name] = Split(split.paths, renumber[split.labels] if len(split.labels) else split.labels)
+        renumber = np.array([union.index(name) for name in names], dtype=np.int64)
+        splits[split_name] = Split(split.paths, renumber[split.labels])
     return union, splits, skipped
 
 
@@ -196,9 +196,10 @@ def _list_classes(
     """
     class_folders = _subfolders(folder)
     if len(class_folders) < 2:
+        message = _too_few_classes_message(folder, class_folders)
         if problems is None:
-            raise FinetuneError(_too_few_classes_message(folder, class_folders))
-        problems.append({"path": str(folder), "problem": _too_few_classes_message(folder, class_folders)})
+            raise FinetuneError(message)
+        problems.append({"path": str(folder), "problem": message})
     paths, labels, skipped = [], [], []
     for label, class_folder in enumerate(class_folders):
         files = walk_files(class_folder, count)
